@@ -1,0 +1,88 @@
+//! `stagecraft/json`: encode/decode with depth and size limits. Pure: not recorded.
+
+use mlua::{Lua, Table, Value};
+use serde::Deserialize;
+
+use super::opts;
+use crate::runtime::fault::OpError;
+use crate::runtime::value::{DEFAULT_MAX_DEPTH, ToJson, to_json, to_lua};
+
+pub const DEFAULT_MAX_SIZE: usize = 64 * 1024 * 1024;
+
+pub fn register(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("encode", lua.create_function(encode)?)?;
+    t.set("decode", lua.create_function(decode)?)?;
+    Ok(t)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_depth: usize,
+    pub max_size: usize,
+    /// Pretty-print with two-space indentation (encode only).
+    pub indent: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_depth: DEFAULT_MAX_DEPTH, max_size: DEFAULT_MAX_SIZE, indent: false }
+    }
+}
+
+fn encode(_: &Lua, (value, o): (Value, Option<Value>)) -> mlua::Result<String> {
+    let l: Limits = opts("json.encode", o)?;
+    let v = to_json(&value, ToJson { max_depth: l.max_depth, secrets: false })
+        .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
+    let text = if l.indent { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }
+        .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
+    if text.len() > l.max_size {
+        return Err(OpError::invalid(format!("json.encode: output is larger than max_size ({} bytes)", l.max_size)).into_lua());
+    }
+    Ok(text)
+}
+
+/// Nesting depth of JSON text, counted without parsing (so a deep bomb never recurses).
+pub fn depth_of(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn decode(lua: &Lua, (text, o): (mlua::LuaString, Option<Value>)) -> mlua::Result<Value> {
+    let l: Limits = opts("json.decode", o)?;
+    let bytes = text.as_bytes();
+    if bytes.len() > l.max_size {
+        return Err(OpError::invalid(format!("json.decode: input is {} bytes, more than max_size {}", bytes.len(), l.max_size)).into_lua());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|e| OpError::invalid(format!("json.decode: not UTF-8: {e}")).into_lua())?;
+    let depth = depth_of(text);
+    if depth > l.max_depth {
+        return Err(OpError::invalid(format!("json.decode: nesting depth {depth} exceeds max_depth {}", l.max_depth)).into_lua());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v: serde_json::Value = serde::Deserialize::deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| OpError::invalid(format!("json.decode: {e}")).into_lua())?;
+    to_lua(lua, &v)
+}

@@ -1,0 +1,93 @@
+//! The one list of Rust primitives exposed to scripts as `stagecraft/<name>`.
+
+pub mod exec;
+pub mod fs;
+pub mod http;
+pub mod json;
+pub mod ledger;
+pub mod log;
+pub mod secrets;
+pub mod task;
+pub mod yaml;
+
+use mlua::{Lua, Table, Value};
+use serde::de::DeserializeOwned;
+
+use crate::runtime::fault::OpError;
+use crate::runtime::value::{ToJson, to_json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stability {
+    Stable,
+    Experimental,
+}
+
+pub struct Module {
+    pub name: &'static str,
+    pub register: fn(&Lua) -> mlua::Result<Table>,
+    pub stability: Stability,
+    /// One line, shown by docs and `stagecraft modules`.
+    pub about: &'static str,
+}
+
+pub static MODULES: &[Module] = &[
+    Module { name: "exec", register: exec::register, stability: Stability::Stable, about: "run programs (argv, never a shell string)" },
+    Module { name: "fs", register: fs::register, stability: Stability::Stable, about: "files inside the project root" },
+    Module { name: "secrets", register: secrets::register, stability: Stability::Stable, about: "opaque secret handles from the environment or .env" },
+    Module { name: "task", register: task::register, stability: Stability::Stable, about: "structured concurrency: parallel and map" },
+    Module { name: "json", register: json::register, stability: Stability::Stable, about: "JSON encode/decode with limits" },
+    Module { name: "yaml", register: yaml::register, stability: Stability::Stable, about: "YAML encode/decode with limits" },
+    Module { name: "log", register: log::register, stability: Stability::Stable, about: "levelled, scrubbed logging" },
+    Module { name: "http", register: http::register, stability: Stability::Experimental, about: "HTTP GET/POST (capability net:HOST)" },
+    Module { name: "ledger", register: ledger::register, stability: Stability::Stable, about: "read-only queries of past runs" },
+];
+
+pub fn find(name: &str) -> Option<&'static Module> {
+    MODULES.iter().find(|m| m.name == name)
+}
+
+/// Parse an options table into a strict struct: unknown fields name the function and the closest
+/// known field. `None`/nil gives the defaults.
+pub fn opts<T: DeserializeOwned + Default>(func: &str, value: Option<Value>) -> mlua::Result<T> {
+    let v = match value {
+        None | Some(Value::Nil) => return Ok(T::default()),
+        Some(v) => v,
+    };
+    let json = to_json(&v, ToJson::default()).map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?;
+    from_json(func, json)
+}
+
+/// Deserialize JSON into a strict struct with friendly errors.
+pub fn from_json<T: DeserializeOwned>(func: &str, json: serde_json::Value) -> mlua::Result<T> {
+    serde_json::from_value(json).map_err(|e| OpError::invalid(friendly_serde(func, &e.to_string())).into_lua())
+}
+
+/// `unknown field `imgae`, expected one of `image`, `name`` -> `f: unknown field 'imgae' (did you mean 'image'?)`.
+fn friendly_serde(func: &str, msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let hint = match crate::util::did_you_mean(field, &expected) {
+            Some(s) => format!(" (did you mean '{s}'?)"),
+            None if !expected.is_empty() => format!(" (known: {})", expected.join(", ")),
+            None => String::new(),
+        };
+        return format!("{func}: unknown field '{field}'{hint}");
+    }
+    format!("{func}: {msg}")
+}
+
+/// Map an operational error to the Lua error it raises.
+pub fn raise(e: OpError) -> mlua::Error {
+    e.into_lua()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn friendly_unknown_field() {
+        let m = super::friendly_serde("docker.run", "unknown field `imgae`, expected one of `image`, `name`");
+        assert_eq!(m, "docker.run: unknown field 'imgae' (did you mean 'image'?)");
+    }
+}

@@ -1,0 +1,157 @@
+//! Command-line definitions. No business logic here: each subcommand calls into the engine.
+
+mod ledger_cmd;
+mod replay_cmd;
+mod run_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Settings;
+use crate::error::{Error, exit};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    the script failed (error raised, syntax error)
+  2    usage or configuration error
+  3    permission denied (a capability was missing)
+  4    a limit was exceeded (CPU, memory, wall time)
+  5    replay diverged from the recording
+  6    ledger verification failed
+  7    the ledger could not be read or written
+  130  interrupted (SIGINT/SIGTERM)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stagecraft",
+    version,
+    about = "Scriptable, recorded, replayable automation for multi-service apps on your own machines",
+    after_help = EXIT_CODES,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a Luau script in the sandbox, recording every primitive call in the ledger.
+    #[command(after_help = RUN_HELP)]
+    Run(run_cmd::RunArgs),
+    /// Re-execute a recorded run against its recorded results (no live calls), or re-run it live.
+    #[command(after_help = REPLAY_HELP)]
+    Replay(replay_cmd::ReplayArgs),
+    /// Inspect and verify the ledger.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
+}
+
+const RUN_HELP: &str = "\
+The script receives one table as `...`: positional args in its array part, key=value args as
+fields. Capabilities come from `permissions:` in stagecraft.yml plus --allow, e.g.
+  stagecraft run deploy.luau --allow exec:git --allow net:api.github.com env=prod
+Capabilities: exec[:PROGRAM] fs-write net[:HOST] secrets[:NAME] docker ssh[:HOST]
+              digitalocean github tailscale";
+
+const REPLAY_HELP: &str = "\
+RUN is a run id (a unique prefix is enough) or `last`. Without --live nothing real happens: every
+primitive returns its recorded result and the first divergence is reported (exit code 5).";
+
+/// Options shared by commands that run scripts.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Grant a capability (repeatable): exec[:PROGRAM], fs-write, net[:HOST], secrets[:NAME], ...
+    #[arg(long = "allow", value_name = "CAP[:SCOPE]")]
+    pub allow: Vec<String>,
+    /// Grant every capability.
+    #[arg(long)]
+    pub allow_all: bool,
+    /// Script CPU time limit in seconds (0 = none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub cpu_limit: f64,
+    /// Memory limit of the Luau state in MB.
+    #[arg(long, value_name = "MB", default_value_t = 512)]
+    pub memory_limit: u64,
+    /// Wall-clock limit in seconds (default: none).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// Where the ledger lives.
+#[derive(Args, Debug, Clone)]
+pub struct LedgerArg {
+    /// Ledger database (default: .stagecraft/ledger.db in the project root).
+    #[arg(long, value_name = "PATH", env = "STAGECRAFT_LEDGER")]
+    pub ledger: Option<PathBuf>,
+}
+
+impl LimitArgs {
+    pub fn settings(&self, ledger: &LedgerArg, json: bool) -> Result<Settings, Error> {
+        if self.cpu_limit < 0.0 || !self.cpu_limit.is_finite() {
+            return Err(Error::usage("--cpu-limit must be a non-negative number of seconds"));
+        }
+        if self.memory_limit < 1 {
+            return Err(Error::usage("--memory-limit must be at least 1 MB"));
+        }
+        if let Some(t) = self.timeout
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err(Error::usage("--timeout must be a positive number of seconds"));
+        }
+        Ok(Settings {
+            allow: self.allow.clone(),
+            allow_all: self.allow_all,
+            cpu_limit: self.cpu_limit,
+            memory_limit_mb: self.memory_limit,
+            timeout: self.timeout,
+            ledger: ledger.ledger.clone(),
+            json,
+        })
+    }
+}
+
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::OK,
+                _ => exit::USAGE,
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run_cmd::run(a),
+        Command::Replay(a) => replay_cmd::run(a),
+        Command::Ledger(c) => ledger_cmd::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Print JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode output: {e}"),
+    }
+}
+
+pub fn cwd() -> Result<PathBuf, Error> {
+    std::env::current_dir().map_err(|e| Error::usage(format!("cannot read the current directory: {e}")))
+}

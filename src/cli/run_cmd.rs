@@ -1,0 +1,40 @@
+//! `stagecraft run FILE [ARG ...]`
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{LedgerArg, LimitArgs, cwd, print_json};
+use crate::engine;
+use crate::error::Error;
+use crate::project::Project;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The script (.luau or .lua).
+    pub file: PathBuf,
+    /// Arguments for the script: positional, or key=value.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArg,
+    /// Print the outcome as JSON on stdout (script output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: RunArgs) -> Result<i32, Error> {
+    let settings = a.limits.settings(&a.ledger, a.json)?;
+    let project = Project::discover(&cwd()?)?;
+    let script = engine::load_script(&project, &a.file, a.args)?;
+    let outcome = engine::run_live(project, &settings, script)?;
+    if a.json {
+        print_json(&outcome);
+    } else if let Some(e) = &outcome.error {
+        eprintln!("{e}");
+        eprintln!("run {} {}", outcome.run_id, outcome.status.as_str());
+    }
+    Ok(outcome.exit_code)
+}

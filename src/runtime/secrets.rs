@@ -1,0 +1,102 @@
+//! Secret values: held in Rust, handed to scripts as opaque handles, scrubbed from every output.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use mlua::{MetaMethod, UserData, UserDataFields, UserDataMethods};
+use serde_json::{Value, json};
+
+use super::scrub::Scrubber;
+use crate::ledger::key::UserKey;
+
+/// The secrets loaded by one run, and the scrubber every output goes through.
+pub struct SecretStore {
+    values: Mutex<HashMap<String, String>>,
+    /// `.env` of the project (read once).
+    dotenv: BTreeMap<String, String>,
+    pub scrubber: Arc<Scrubber>,
+    key: Option<Arc<UserKey>>,
+}
+
+/// A script's reference to a secret: its name and fingerprint, never its value.
+#[derive(Clone, Debug)]
+pub struct SecretHandle {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+impl SecretHandle {
+    pub fn reference(&self) -> Value {
+        json!({ "$secret": self.name, "fingerprint": self.fingerprint })
+    }
+
+    /// Parse a reference produced by `reference()`.
+    pub fn from_reference(v: &Value) -> Option<SecretHandle> {
+        let obj = v.as_object()?;
+        if obj.len() != 2 {
+            return None;
+        }
+        Some(SecretHandle {
+            name: obj.get("$secret")?.as_str()?.to_string(),
+            fingerprint: obj.get("fingerprint")?.as_str()?.to_string(),
+        })
+    }
+}
+
+impl UserData for SecretHandle {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("name", |_, this| Ok(this.name.clone()));
+        fields.add_field_method_get("fingerprint", |_, this| Ok(this.fingerprint.clone()));
+    }
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, _, ()| Ok(super::scrub::REDACTED));
+        methods.add_meta_method(MetaMethod::Concat, |_, this, _: mlua::MultiValue| -> mlua::Result<()> {
+            Err(mlua::Error::runtime(format!(
+                "cannot concatenate secret {}: pass the handle itself to a primitive (e.g. exec env)",
+                this.name
+            )))
+        });
+        methods.add_meta_method(MetaMethod::Eq, |_, this, other: mlua::AnyUserData| {
+            Ok(other.borrow::<SecretHandle>().is_ok_and(|o| o.name == this.name && o.fingerprint == this.fingerprint))
+        });
+    }
+}
+
+impl SecretStore {
+    pub fn new(dotenv: BTreeMap<String, String>, key: Option<Arc<UserKey>>) -> Self {
+        SecretStore { values: Mutex::new(HashMap::new()), dotenv, scrubber: Arc::new(Scrubber::new()), key }
+    }
+
+    /// Look a secret up (environment first, then `.env`), register it for scrubbing and return
+    /// its handle. `Err` carries a message naming where it looked.
+    pub fn load(&self, name: &str) -> Result<SecretHandle, String> {
+        let value = std::env::var(name).ok().or_else(|| self.dotenv.get(name).cloned()).ok_or_else(|| {
+            format!("secret {name} is not set in the environment or in the project's .env")
+        })?;
+        if value.trim().len() < super::scrub::MIN_SECRET_LEN {
+            return Err(format!(
+                "secret {name} is shorter than {} characters and could not be redacted reliably",
+                super::scrub::MIN_SECRET_LEN
+            ));
+        }
+        self.scrubber.add(&value);
+        let fingerprint = self.fingerprint(&value);
+        if let Ok(mut m) = self.values.lock() {
+            m.insert(name.to_string(), value);
+        }
+        Ok(SecretHandle { name: name.to_string(), fingerprint })
+    }
+
+    /// HMAC of the value under the per-user key (stable across runs of the same user).
+    pub fn fingerprint(&self, value: &str) -> String {
+        match &self.key {
+            Some(k) => format!("hmac-sha256:{}", &k.sign("stagecraft-secret-v1", value.as_bytes())[..32]),
+            None => "unkeyed".to_string(),
+        }
+    }
+
+    /// The value behind a handle, resolved at the moment a primitive sends it.
+    pub fn resolve(&self, handle: &SecretHandle) -> Option<String> {
+        self.values.lock().ok()?.get(&handle.name).cloned()
+    }
+}
