@@ -84,7 +84,13 @@ pub fn ledger_paths(project: &Project, settings: &Settings) -> LedgerPaths {
         .ledger
         .clone()
         .or_else(|| std::env::var_os("STAGECRAFT_LEDGER").map(PathBuf::from))
-        .map(|p| if p.is_absolute() { p } else { std::env::current_dir().unwrap_or_default().join(p) })
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            }
+        })
         .unwrap_or_else(|| project.default_ledger_path());
     LedgerPaths::new(db)
 }
@@ -93,7 +99,10 @@ pub fn grants(project: &Project, settings: &Settings) -> Result<Grants> {
     let mut caps = Vec::new();
     for p in &project.config.permissions {
         caps.push(Capability::parse(p).map_err(|e| {
-            Error::usage(format!("{}: permissions: {e}", project.root.join(crate::project::CONFIG_FILE).display()))
+            Error::usage(format!(
+                "{}: permissions: {e}",
+                project.root.join(crate::project::CONFIG_FILE).display()
+            ))
         })?);
     }
     for a in &settings.allow {
@@ -106,12 +115,21 @@ pub fn grants(project: &Project, settings: &Settings) -> Result<Grants> {
 pub fn load_script(project: &Project, path: &Path, args: Vec<String>) -> Result<Script> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext != "luau" && ext != "lua" {
-        return Err(Error::usage(format!("{}: scripts must end in .luau or .lua", path.display())));
+        return Err(Error::usage(format!(
+            "{}: scripts must end in .luau or .lua",
+            path.display()
+        )));
     }
     let source = std::fs::read_to_string(path)
         .map_err(|e| Error::usage(format!("cannot read script {}: {e}", path.display())))?;
     let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    Ok(Script { chunk: project.display_path(&abs), source, args, overlay: HashMap::new(), replay_of: None })
+    Ok(Script {
+        chunk: project.display_path(&abs),
+        source,
+        args,
+        overlay: HashMap::new(),
+        replay_of: None,
+    })
 }
 
 /// `key=value` args become fields, everything else is positional.
@@ -120,7 +138,11 @@ fn args_table(lua: &mlua::Lua, args: &[String]) -> mlua::Result<mlua::Table> {
     let mut n = 0;
     for a in args {
         match a.split_once('=') {
-            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+            Some((k, v))
+                if !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
                 t.set(k, v)?;
             }
             _ => {
@@ -133,10 +155,12 @@ fn args_table(lua: &mlua::Lua, args: &[String]) -> mlua::Result<mlua::Table> {
 }
 
 fn user_name() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
-        // SAFETY: getuid has no preconditions.
-        format!("uid{}", unsafe { libc::getuid() })
-    })
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // SAFETY: getuid has no preconditions.
+            format!("uid{}", unsafe { libc::getuid() })
+        })
 }
 
 fn host_name() -> String {
@@ -177,7 +201,10 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
             idx: 0,
             op: "run.end".into(),
             args: "{}".into(),
-            result: Some(json!({ "status": "interrupted", "exit_code": null, "detected_by": &*run_id }).to_string()),
+            result: Some(
+                json!({ "status": "interrupted", "exit_code": null, "detected_by": &*run_id })
+                    .to_string(),
+            ),
             error: None,
             started_at: now,
             duration_us: 0,
@@ -229,7 +256,11 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         secrets: SecretStore::new(dotenv, Some(key.clone())),
         run_id: run_id.clone(),
         recorder: Recorder::Live(writer.clone()),
-        stop: Stop::new(cpu_limit(settings), settings.timeout.map(Duration::from_secs_f64)),
+        stop: Stop::new(
+            cpu_limit(settings),
+            settings.timeout.map(Duration::from_secs_f64),
+            settings.memory_limit_mb,
+        ),
         tasks: Tasks::default(),
         ledger: paths.clone(),
         overlay: script.overlay.clone(),
@@ -268,7 +299,8 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
 }
 
 fn cpu_limit(settings: &Settings) -> Option<Duration> {
-    (settings.cpu_limit > 0.0 && settings.cpu_limit.is_finite()).then(|| Duration::from_secs_f64(settings.cpu_limit))
+    (settings.cpu_limit > 0.0 && settings.cpu_limit.is_finite())
+        .then(|| Duration::from_secs_f64(settings.cpu_limit))
 }
 
 /// What `execute` hands back: the script's first return value, or its failure.
@@ -276,15 +308,26 @@ type ExecResult = std::result::Result<serde_json::Value, Failure>;
 
 /// Run the chunk as the `main` task on a current-thread runtime, under the limits.
 fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResult {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Failure {
-        error: OpError::new("internal", format!("cannot start the async runtime: {e}")),
-        structured: true,
-        traceback: String::new(),
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            error: OpError::new("internal", format!("cannot start the async runtime: {e}")),
+            structured: true,
+            traceback: String::new(),
+        })?;
     rt.block_on(async {
-        let fail = |e: OpError| Failure { error: e, structured: true, traceback: String::new() };
-        let built = sandbox::build(ctx.clone(), memory_limit_mb)
-            .map_err(|e| fail(OpError::new("internal", format!("cannot set up the sandbox: {e}"))))?;
+        let fail = |e: OpError| Failure {
+            error: e,
+            structured: true,
+            traceback: String::new(),
+        };
+        let built = sandbox::build(ctx.clone(), memory_limit_mb).map_err(|e| {
+            fail(OpError::new(
+                "internal",
+                format!("cannot set up the sandbox: {e}"),
+            ))
+        })?;
         let lua = built.lua;
         lua.set_named_registry_value("stagecraft.runner", &built.runner)
             .and_then(|_| lua.set_named_registry_value("stagecraft.capture", &built.capture))
@@ -299,9 +342,12 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                 structured: false,
                 traceback: String::new(),
             })?;
-        let args = args_table(&lua, &script.args).map_err(|e| fail(OpError::new("internal", e.to_string())))?;
+        let args = args_table(&lua, &script.args)
+            .map_err(|e| fail(OpError::new("internal", e.to_string())))?;
         let main_task = TaskState::new("main".into());
-        let thread = lua.create_thread(built.runner.clone()).map_err(|e| fail(OpError::new("internal", e.to_string())))?;
+        let thread = lua
+            .create_thread(built.runner.clone())
+            .map_err(|e| fail(OpError::new("internal", e.to_string())))?;
         let fut = thread
             .into_async::<MultiValue>((main, built.capture.clone(), args))
             .map_err(|e| fail(OpError::new("internal", e.to_string())))?;
@@ -320,10 +366,14 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
         };
         let stopped = || ctx.stop.reason().map(fail);
         match res {
-            None => Err(stopped().unwrap_or_else(|| fail(OpError::new(kinds::INTERRUPTED, "run stopped")))),
+            None => {
+                Err(stopped()
+                    .unwrap_or_else(|| fail(OpError::new(kinds::INTERRUPTED, "run stopped"))))
+            }
             Some(Err(e)) => Err(stopped().unwrap_or_else(|| Failure {
-                error: crate::runtime::fault::find_op_error(&e)
-                    .unwrap_or_else(|| OpError::new("script_error", crate::runtime::fault::message_of(&e))),
+                error: crate::runtime::fault::find_op_error(&e).unwrap_or_else(|| {
+                    OpError::new("script_error", crate::runtime::fault::message_of(&e))
+                }),
                 structured: false,
                 traceback: String::new(),
             })),
@@ -333,14 +383,21 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                         return Err(fail(reason));
                     }
                     let first = values.pop_front().unwrap_or(Value::Nil);
-                    Ok(crate::runtime::value::to_json(&first, Default::default()).unwrap_or(serde_json::Value::Null))
+                    Ok(crate::runtime::value::to_json(&first, Default::default())
+                        .unwrap_or(serde_json::Value::Null))
                 }
                 _ => {
                     let captured = main_task.take_failure();
                     match (ctx.stop.reason(), captured) {
-                        (Some(r), c) => Err(Failure { error: r, structured: true, traceback: c.map(|c| c.traceback).unwrap_or_default() }),
+                        (Some(r), c) => Err(Failure {
+                            error: r,
+                            structured: true,
+                            traceback: c.map(|c| c.traceback).unwrap_or_default(),
+                        }),
                         (None, Some(c)) => Err(c),
-                        (None, None) => Err(fail(OpError::new("script_error", "the script failed"))),
+                        (None, None) => {
+                            Err(fail(OpError::new("script_error", "the script failed")))
+                        }
                     }
                 }
             },
@@ -357,7 +414,10 @@ async fn sleep_or_forever(d: Option<Duration>) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -366,13 +426,42 @@ async fn shutdown_signal() {
     }
 }
 
-/// Frames worth showing: script lines, not the runtime's own.
+/// Frames worth showing: script lines, not the runtime's own; repeats folded, at most 20.
 fn clean_traceback(tb: &str) -> Vec<String> {
-    tb.lines()
+    let frames: Vec<&str> = tb
+        .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("[C]") && !l.contains("stagecraft/runner") && !l.contains("stagecraft/sandbox") && *l != "stack traceback:")
-        .map(str::to_string)
-        .collect()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("[C]")
+                && !l.contains("stagecraft/runner")
+                && !l.contains("stagecraft/sandbox")
+                && !l.contains("__mlua")
+                && *l != "stack traceback:"
+        })
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let mut j = i + 1;
+        while j < frames.len() && frames[j] == frames[i] {
+            j += 1;
+        }
+        out.push(frames[i].to_string());
+        if j - i > 1 {
+            out.push(format!(
+                "... (the line above repeats {} more times)",
+                j - i - 1
+            ));
+        }
+        i = j;
+    }
+    if out.len() > 20 {
+        let dropped = out.len() - 20;
+        out.truncate(20);
+        out.push(format!("... ({dropped} more frames)"));
+    }
+    out
 }
 
 fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) -> Outcome {
@@ -397,7 +486,10 @@ fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) 
             let frames = clean_traceback(&f.traceback);
             let scrub = |s: &str| ctx.secrets.scrubber.scrub(s).into_owned();
             // Structured errors have no position: take it from the innermost script frame.
-            let location = frames.first().and_then(|l| l.split_whitespace().next()).map(str::to_string);
+            let location = frames
+                .first()
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string);
             let mut message = scrub(&f.error.message);
             if f.structured
                 && let Some(loc) = &location
@@ -407,7 +499,10 @@ fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) 
             }
             let mut err = Error::new(kind, message);
             if !frames.is_empty() {
-                err = err.with_detail(format!("stack traceback:\n  {}", scrub(&frames.join("\n  "))));
+                err = err.with_detail(format!(
+                    "stack traceback:\n  {}",
+                    scrub(&frames.join("\n  "))
+                ));
             }
             let hint = f.error.hint.clone().or_else(|| default_hint(&f.error));
             if let Some(h) = hint {
@@ -449,14 +544,34 @@ pub struct ReplayReport {
 }
 
 /// Load a recorded run as a `Script` (recorded sources, args), optionally with a new main script.
-pub fn recorded_script(conn: &rusqlite::Connection, run_id: &str, project: &Project, new_script: Option<&Path>) -> Result<Script> {
+pub fn recorded_script(
+    conn: &rusqlite::Connection,
+    run_id: &str,
+    project: &Project,
+    new_script: Option<&Path>,
+) -> Result<Script> {
     let meta: String = conn
-        .query_row("SELECT args FROM entries WHERE run_id = ?1 AND kind = 'run.start'", [run_id], |r| r.get(0))
+        .query_row(
+            "SELECT args FROM entries WHERE run_id = ?1 AND kind = 'run.start'",
+            [run_id],
+            |r| r.get(0),
+        )
         .map_err(|_| Error::usage(format!("no run '{run_id}' in the ledger")))?;
-    let meta: serde_json::Value = serde_json::from_str(&meta).map_err(|e| Error::ledger(format!("run {run_id}: bad record: {e}")))?;
-    let args: Vec<String> = meta["args"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let meta: serde_json::Value = serde_json::from_str(&meta)
+        .map_err(|e| Error::ledger(format!("run {run_id}: bad record: {e}")))?;
+    let args: Vec<String> = meta["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut overlay = HashMap::new();
-    for e in query::entries(conn, run_id)?.into_iter().filter(|e| e.kind == "module") {
+    for e in query::entries(conn, run_id)?
+        .into_iter()
+        .filter(|e| e.kind == "module")
+    {
         let sha = e.args["sha256"].as_str().unwrap_or_default().to_string();
         if let Some(bytes) = query::source(conn, &sha)? {
             overlay.insert(e.op.clone(), String::from_utf8_lossy(&bytes).into_owned());
@@ -467,7 +582,9 @@ pub fn recorded_script(conn: &rusqlite::Connection, run_id: &str, project: &Proj
         None => {
             let sha = meta["script_sha256"].as_str().unwrap_or_default();
             let src = query::source(conn, sha)?.ok_or_else(|| {
-                Error::ledger(format!("run {run_id}: the recorded script source {sha} is missing"))
+                Error::ledger(format!(
+                    "run {run_id}: the recorded script source {sha} is missing"
+                ))
             })?;
             Script {
                 chunk: meta["script"].as_str().unwrap_or("script.luau").to_string(),
@@ -484,7 +601,12 @@ pub fn recorded_script(conn: &rusqlite::Connection, run_id: &str, project: &Proj
 }
 
 /// Re-execute a recorded run against its recorded results: no process, file write or socket.
-pub fn replay(project: Project, settings: &Settings, run: &str, new_script: Option<&Path>) -> Result<ReplayReport> {
+pub fn replay(
+    project: Project,
+    settings: &Settings,
+    run: &str,
+    new_script: Option<&Path>,
+) -> Result<ReplayReport> {
     let paths = ledger_paths(&project, settings);
     let conn = ledger::open(&paths, false)?;
     let run_id = query::resolve_run(&conn, run)?;
@@ -499,7 +621,11 @@ pub fn replay(project: Project, settings: &Settings, run: &str, new_script: Opti
         secrets: SecretStore::new(Default::default(), None),
         run_id: Arc::from(format!("replay-of-{run_id}")),
         recorder: Recorder::Replay(replay),
-        stop: Stop::new(cpu_limit(settings), settings.timeout.map(Duration::from_secs_f64)),
+        stop: Stop::new(
+            cpu_limit(settings),
+            settings.timeout.map(Duration::from_secs_f64),
+            settings.memory_limit_mb,
+        ),
         tasks: Tasks::default(),
         ledger: paths,
         overlay: script.overlay.clone(),
@@ -511,7 +637,10 @@ pub fn replay(project: Project, settings: &Settings, run: &str, new_script: Opti
     let result = execute(&ctx, &script, settings.memory_limit_mb);
     let outcome = outcome_of(&ctx, &run_id, result, started);
     let Recorder::Replay(replay) = &ctx.recorder else {
-        return Err(Error::new(Kind::Ledger, "internal: replay recorder missing"));
+        return Err(Error::new(
+            Kind::Ledger,
+            "internal: replay recorder missing",
+        ));
     };
     let mut divergence = replay.divergence.lock().ok().and_then(|d| d.clone());
     if divergence.is_none() && outcome.status != Status::Killed {

@@ -64,7 +64,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), detail: None, hint: None }
+        Error {
+            kind,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Error::new(Kind::Usage, message)

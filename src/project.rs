@@ -42,11 +42,19 @@ impl Project {
             let cfg = d.join(CONFIG_FILE);
             if cfg.is_file() {
                 let config = load_config(&cfg)?;
-                return Ok(Project { root: d.to_path_buf(), has_config: true, config });
+                return Ok(Project {
+                    root: d.to_path_buf(),
+                    has_config: true,
+                    config,
+                });
             }
             dir = d.parent();
         }
-        Ok(Project { root: start, has_config: false, config: Config::default() })
+        Ok(Project {
+            root: start,
+            has_config: false,
+            config: Config::default(),
+        })
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -102,7 +110,10 @@ pub fn parse_dotenv(text: &str) -> std::result::Result<BTreeMap<String, String>,
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            return Err((i + 1, format!("expected KEY=VALUE, found {:?}", truncate(line))));
+            return Err((
+                i + 1,
+                format!("expected KEY=VALUE, found {:?}", truncate(line)),
+            ));
         };
         let key = key.trim();
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

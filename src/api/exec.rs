@@ -25,7 +25,9 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
 }
 
 /// Environment passed through to children; everything else is dropped (no ambient secrets).
-const PASS_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR"];
+const PASS_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR",
+];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -41,30 +43,44 @@ struct RunOpts {
 
 async fn run(lua: Lua, (argv, o): (Value, Option<Value>)) -> mlua::Result<Value> {
     let ctx = ctx(&lua)?;
-    let argv_json = to_json(&argv, ToJson { secrets: false, ..ToJson::default() })
-        .map_err(|e| OpError::invalid(format!("exec.run: argv: {e}")).into_lua())?;
+    let argv_json = to_json(
+        &argv,
+        ToJson {
+            secrets: false,
+            ..ToJson::default()
+        },
+    )
+    .map_err(|e| OpError::invalid(format!("exec.run: argv: {e}")).into_lua())?;
     let argv: Vec<String> = from_json("exec.run", argv_json.clone()).map_err(|_| {
         OpError::invalid("exec.run: argv must be a list of strings, e.g. {\"git\", \"status\"}")
             .hint("exec never takes a shell string; for a pipeline use {\"sh\", \"-c\", \"...\"} with capability exec:sh")
             .into_lua()
     })?;
     if argv.is_empty() || argv[0].is_empty() {
-        return Err(OpError::invalid("exec.run: argv is empty; give at least the program name").into_lua());
+        return Err(
+            OpError::invalid("exec.run: argv is empty; give at least the program name").into_lua(),
+        );
     }
     let opts_value = match &o {
-        Some(v) => to_json(v, ToJson::default()).map_err(|e| OpError::invalid(format!("exec.run: {e}")).into_lua())?,
+        Some(v) => to_json(v, ToJson::default())
+            .map_err(|e| OpError::invalid(format!("exec.run: {e}")).into_lua())?,
         None => json!({}),
     };
     let o: RunOpts = opts("exec.run", o)?;
     for (k, v) in &o.env {
         if !v.is_string() && SecretHandle::from_reference(v).is_none() {
-            return Err(OpError::invalid(format!("exec.run: env.{k} must be a string or a secret handle")).into_lua());
+            return Err(OpError::invalid(format!(
+                "exec.run: env.{k} must be a string or a secret handle"
+            ))
+            .into_lua());
         }
     }
     if let Some(t) = o.timeout
         && !(t > 0.0 && t.is_finite())
     {
-        return Err(OpError::invalid("exec.run: timeout must be a positive number of seconds").into_lua());
+        return Err(
+            OpError::invalid("exec.run: timeout must be a positive number of seconds").into_lua(),
+        );
     }
     let args = json!({ "argv": argv_json, "opts": opts_value });
     let v = ctx
@@ -77,14 +93,25 @@ async fn run(lua: Lua, (argv, o): (Value, Option<Value>)) -> mlua::Result<Value>
 /// The program argv[0] names, canonicalised.
 fn resolve_program(ctx: &RunCtx, program: &str, cwd: &Path) -> Result<PathBuf, OpError> {
     let found = if program.contains('/') {
-        let p = if Path::new(program).is_absolute() { PathBuf::from(program) } else { cwd.join(program) };
+        let p = if Path::new(program).is_absolute() {
+            PathBuf::from(program)
+        } else {
+            cwd.join(program)
+        };
         p.canonicalize().ok()
     } else {
         resolve_on_path(program, ctx.grants.path_env())
     };
     found.ok_or_else(|| {
-        OpError::new(kinds::NOT_FOUND, format!("exec.run: program '{program}' not found"))
-            .hint(if program.contains('/') { "check the path".to_string() } else { "is it installed and on PATH?".to_string() })
+        OpError::new(
+            kinds::NOT_FOUND,
+            format!("exec.run: program '{program}' not found"),
+        )
+        .hint(if program.contains('/') {
+            "check the path".to_string()
+        } else {
+            "is it installed and on PATH?".to_string()
+        })
     })
 }
 
@@ -102,7 +129,10 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     ctx.require("exec.run", &Request::Exec(&program), &cap)?;
 
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&argv[1..]).current_dir(&cwd).env_clear().kill_on_drop(true);
+    cmd.args(&argv[1..])
+        .current_dir(&cwd)
+        .env_clear()
+        .kill_on_drop(true);
     cmd.arg0(&argv[0]);
     for k in PASS_ENV {
         if let Some(v) = std::env::var_os(k) {
@@ -113,19 +143,29 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
         let value = match v {
             serde_json::Value::String(s) => s.clone(),
             other => {
-                let handle = SecretHandle::from_reference(other)
-                    .ok_or_else(|| OpError::invalid(format!("exec.run: env.{k} is not a string")))?;
+                let handle = SecretHandle::from_reference(other).ok_or_else(|| {
+                    OpError::invalid(format!("exec.run: env.{k} is not a string"))
+                })?;
                 ctx.secrets.resolve(&handle).ok_or_else(|| {
-                    OpError::new(kinds::NOT_FOUND, format!("exec.run: secret {} is not loaded in this run", handle.name))
+                    OpError::new(
+                        kinds::NOT_FOUND,
+                        format!("exec.run: secret {} is not loaded in this run", handle.name),
+                    )
                 })?
             }
         };
         cmd.env(k, value);
     }
-    cmd.stdin(if o.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| OpError::io(format!("exec.run: cannot start {}: {e}", argv[0])))?;
+    cmd.stdin(if o.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| OpError::io(format!("exec.run: cannot start {}: {e}", argv[0])))?;
 
     let stdin_task = match (child.stdin.take(), o.stdin) {
         (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
@@ -148,8 +188,11 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
         Some(t) => match tokio::time::timeout(Duration::from_secs_f64(t), collect).await {
             Ok(r) => r,
             Err(_) => {
-                return Err(OpError::new(kinds::TIMEOUT, format!("exec.run: {} timed out after {t}s and was killed", argv[0]))
-                    .hint("raise the timeout option"));
+                return Err(OpError::new(
+                    kinds::TIMEOUT,
+                    format!("exec.run: {} timed out after {t}s and was killed", argv[0]),
+                )
+                .hint("raise the timeout option"));
             }
         },
         None => collect.await,
@@ -157,7 +200,8 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     if let Some(t) = stdin_task {
         let _ = t.await;
     }
-    let status = status.map_err(|e| OpError::io(format!("exec.run: waiting for {}: {e}", argv[0])))?;
+    let status =
+        status.map_err(|e| OpError::io(format!("exec.run: waiting for {}: {e}", argv[0])))?;
     use std::os::unix::process::ExitStatusExt;
     let mut result = json!({
         "code": status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
@@ -171,8 +215,14 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
 }
 
 /// Read a pipe to the end, forwarding scrubbed chunks to our stdout/stderr when streaming.
-async fn capture(ctx: &RunCtx, pipe: Option<impl AsyncRead + Unpin>, forward: Option<bool>) -> Vec<u8> {
-    let Some(mut pipe) = pipe else { return Vec::new() };
+async fn capture(
+    ctx: &RunCtx,
+    pipe: Option<impl AsyncRead + Unpin>,
+    forward: Option<bool>,
+) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
     let mut all = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut scrub = forward.map(|_| ctx.secrets.scrubber.stream());

@@ -39,11 +39,16 @@ pub fn confine(ctx: &RunCtx, func: &str, path: &str, access: Access) -> Result<P
         return Err(OpError::invalid(format!("{func}: empty path")));
     }
     if path.contains('\0') {
-        return Err(OpError::invalid(format!("{func}: path contains a NUL byte")));
+        return Err(OpError::invalid(format!(
+            "{func}: path contains a NUL byte"
+        )));
     }
     let escape = || {
-        OpError::new(kinds::PERMISSION, format!("permission denied: {func}: '{path}' is outside the project directory"))
-            .hint("scripts can only touch files inside the project root")
+        OpError::new(
+            kinds::PERMISSION,
+            format!("permission denied: {func}: '{path}' is outside the project directory"),
+        )
+        .hint("scripts can only touch files inside the project root")
     };
     let p = Path::new(path);
     let rel = if p.is_absolute() {
@@ -62,9 +67,15 @@ pub fn confine(ctx: &RunCtx, func: &str, path: &str, access: Access) -> Result<P
             Err(_) => {
                 if existing.symlink_metadata().is_ok() {
                     // A dangling symlink: its target is unknown, never follow it.
-                    return Err(OpError::new(kinds::PERMISSION, format!("permission denied: {func}: '{path}' is a dangling symlink")));
+                    return Err(OpError::new(
+                        kinds::PERMISSION,
+                        format!("permission denied: {func}: '{path}' is a dangling symlink"),
+                    ));
                 }
-                match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+                match (
+                    existing.file_name().map(|n| n.to_os_string()),
+                    existing.parent(),
+                ) {
                     (Some(name), Some(parent)) => {
                         rest.push(name);
                         existing = parent.to_path_buf();
@@ -82,19 +93,27 @@ pub fn confine(ctx: &RunCtx, func: &str, path: &str, access: Access) -> Result<P
         resolved.push(name);
     }
     let inside = resolved.strip_prefix(root).map_err(|_| escape())?;
-    let first = inside.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let first = inside
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
     if first.as_deref() == Some(crate::project::STATE_DIR) || is_ledger_file(ctx, &resolved) {
         return Err(OpError::new(
             kinds::PERMISSION,
-            format!("permission denied: {func}: '{path}' is inside .stagecraft/, which holds the ledger"),
+            format!(
+                "permission denied: {func}: '{path}' is inside .stagecraft/, which holds the ledger"
+            ),
         )
         .hint("read past runs with stagecraft/ledger"));
     }
     if access == Access::Read && inside.components().count() == 1 {
         let name = inside.to_string_lossy();
         if name == ".env" || name.starts_with(".env.") {
-            return Err(OpError::new(kinds::PERMISSION, format!("permission denied: {func}: '{path}' holds secrets"))
-                .hint("read a secret with require(\"stagecraft/secrets\").get(NAME)"));
+            return Err(OpError::new(
+                kinds::PERMISSION,
+                format!("permission denied: {func}: '{path}' holds secrets"),
+            )
+            .hint("read a secret with require(\"stagecraft/secrets\").get(NAME)"));
         }
     }
     Ok(resolved)
@@ -106,7 +125,11 @@ fn is_ledger_file(ctx: &RunCtx, p: &Path) -> bool {
 }
 
 fn io_err(func: &str, path: &str, e: std::io::Error) -> OpError {
-    let kind = if e.kind() == std::io::ErrorKind::NotFound { kinds::NOT_FOUND } else { kinds::IO };
+    let kind = if e.kind() == std::io::ErrorKind::NotFound {
+        kinds::NOT_FOUND
+    } else {
+        kinds::IO
+    };
     OpError::new(kind, format!("{func}: {path}: {e}"))
 }
 
@@ -119,7 +142,9 @@ async fn read(lua: Lua, path: String) -> mlua::Result<Value> {
     let v = ctx
         .record("fs.read", json!({ "path": path }), || async {
             let full = confine(&ctx, "fs.read", &path, Access::Read)?;
-            let bytes = tokio::fs::read(&full).await.map_err(|e| io_err("fs.read", &path, e))?;
+            let bytes = tokio::fs::read(&full)
+                .await
+                .map_err(|e| io_err("fs.read", &path, e))?;
             Ok(json!(String::from_utf8_lossy(&bytes)))
         })
         .await
@@ -135,7 +160,10 @@ struct WriteOpts {
     mode: Option<u32>,
 }
 
-async fn write(lua: Lua, (path, content, o): (String, mlua::LuaString, Option<Value>)) -> mlua::Result<()> {
+async fn write(
+    lua: Lua,
+    (path, content, o): (String, mlua::LuaString, Option<Value>),
+) -> mlua::Result<()> {
     let ctx = ctx(&lua)?;
     let o: WriteOpts = opts("fs.write", o)?;
     let content = content.as_bytes().to_vec();
@@ -224,21 +252,34 @@ async fn mkdir(lua: Lua, path: String) -> mlua::Result<()> {
 async fn remove(lua: Lua, (path, o): (String, Option<Value>)) -> mlua::Result<()> {
     let ctx = ctx(&lua)?;
     let o: RemoveOpts = opts("fs.remove", o)?;
-    ctx.record("fs.remove", json!({ "path": path, "recursive": o.recursive }), || async {
-        need_write(&ctx, "fs.remove")?;
-        let full = confine(&ctx, "fs.remove", &path, Access::Write)?;
-        if full == ctx.project.root {
-            return Err(OpError::new(kinds::PERMISSION, "permission denied: fs.remove: refusing to remove the project root"));
-        }
-        let meta = full.symlink_metadata().map_err(|e| io_err("fs.remove", &path, e))?;
-        let res = if meta.is_dir() {
-            if o.recursive { std::fs::remove_dir_all(&full) } else { std::fs::remove_dir(&full) }
-        } else {
-            std::fs::remove_file(&full)
-        };
-        res.map_err(|e| io_err("fs.remove", &path, e))?;
-        Ok(serde_json::Value::Null)
-    })
+    ctx.record(
+        "fs.remove",
+        json!({ "path": path, "recursive": o.recursive }),
+        || async {
+            need_write(&ctx, "fs.remove")?;
+            let full = confine(&ctx, "fs.remove", &path, Access::Write)?;
+            if full == ctx.project.root {
+                return Err(OpError::new(
+                    kinds::PERMISSION,
+                    "permission denied: fs.remove: refusing to remove the project root",
+                ));
+            }
+            let meta = full
+                .symlink_metadata()
+                .map_err(|e| io_err("fs.remove", &path, e))?;
+            let res = if meta.is_dir() {
+                if o.recursive {
+                    std::fs::remove_dir_all(&full)
+                } else {
+                    std::fs::remove_dir(&full)
+                }
+            } else {
+                std::fs::remove_file(&full)
+            };
+            res.map_err(|e| io_err("fs.remove", &path, e))?;
+            Ok(serde_json::Value::Null)
+        },
+    )
     .await
     .map_err(OpError::into_lua)?;
     Ok(())

@@ -17,8 +17,18 @@ use crate::runtime::{RunCtx, ctx};
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.set("get", lua.create_async_function(|lua, (url, o): (String, Option<Value>)| request(lua, "GET", url, o))?)?;
-    t.set("post", lua.create_async_function(|lua, (url, o): (String, Option<Value>)| request(lua, "POST", url, o))?)?;
+    t.set(
+        "get",
+        lua.create_async_function(|lua, (url, o): (String, Option<Value>)| {
+            request(lua, "GET", url, o)
+        })?,
+    )?;
+    t.set(
+        "post",
+        lua.create_async_function(|lua, (url, o): (String, Option<Value>)| {
+            request(lua, "POST", url, o)
+        })?,
+    )?;
     Ok(t)
 }
 
@@ -34,27 +44,49 @@ struct HttpOpts {
     timeout: Option<f64>,
 }
 
-async fn request(lua: Lua, method: &'static str, url: String, o: Option<Value>) -> mlua::Result<Value> {
+async fn request(
+    lua: Lua,
+    method: &'static str,
+    url: String,
+    o: Option<Value>,
+) -> mlua::Result<Value> {
     let ctx = ctx(&lua)?;
-    let func = if method == "GET" { "http.get" } else { "http.post" };
+    let func = if method == "GET" {
+        "http.get"
+    } else {
+        "http.post"
+    };
     let opts_json = match &o {
-        Some(v) => to_json(v, ToJson::default()).map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?,
+        Some(v) => to_json(v, ToJson::default())
+            .map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?,
         None => json!({}),
     };
     let o: HttpOpts = opts(func, o)?;
-    let parsed = reqwest::Url::parse(&url).map_err(|e| OpError::invalid(format!("{func}: invalid URL '{url}': {e}")).into_lua())?;
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| OpError::invalid(format!("{func}: invalid URL '{url}': {e}")).into_lua())?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(OpError::invalid(format!("{func}: only http and https URLs are supported ('{url}')")).into_lua());
+        return Err(OpError::invalid(format!(
+            "{func}: only http and https URLs are supported ('{url}')"
+        ))
+        .into_lua());
     }
     let op: &'static str = func;
     let v = ctx
-        .record(op, json!({ "url": url, "opts": opts_json }), || send(&ctx, func, method, parsed, o))
+        .record(op, json!({ "url": url, "opts": opts_json }), || {
+            send(&ctx, func, method, parsed, o)
+        })
         .await
         .map_err(OpError::into_lua)?;
     crate::runtime::value::to_lua(&lua, &v)
 }
 
-async fn send(ctx: &RunCtx, func: &str, method: &str, url: reqwest::Url, o: HttpOpts) -> Result<serde_json::Value, OpError> {
+async fn send(
+    ctx: &RunCtx,
+    func: &str,
+    method: &str,
+    url: reqwest::Url,
+    o: HttpOpts,
+) -> Result<serde_json::Value, OpError> {
     let host = url.host_str().unwrap_or_default().to_string();
     ctx.require(func, &Request::Net(&host), &format!("net:{host}"))?;
     let grants = ctx.grants.clone();
@@ -70,7 +102,9 @@ async fn send(ctx: &RunCtx, func: &str, method: &str, url: reqwest::Url, o: Http
     });
     let client = reqwest::Client::builder()
         .redirect(policy)
-        .timeout(Duration::from_secs_f64(o.timeout.unwrap_or(30.0).max(0.001)))
+        .timeout(Duration::from_secs_f64(
+            o.timeout.unwrap_or(30.0).max(0.001),
+        ))
         .build()
         .map_err(|e| OpError::new(kinds::NETWORK, format!("{func}: {e}")))?;
     let mut req = client.request(method.parse().unwrap_or(reqwest::Method::GET), url.clone());
@@ -78,9 +112,17 @@ async fn send(ctx: &RunCtx, func: &str, method: &str, url: reqwest::Url, o: Http
         let value = match v {
             serde_json::Value::String(s) => s.clone(),
             other => {
-                let h = SecretHandle::from_reference(other)
-                    .ok_or_else(|| OpError::invalid(format!("{func}: header {k} must be a string or a secret handle")))?;
-                ctx.secrets.resolve(&h).ok_or_else(|| OpError::new(kinds::NOT_FOUND, format!("{func}: secret {} is not loaded", h.name)))?
+                let h = SecretHandle::from_reference(other).ok_or_else(|| {
+                    OpError::invalid(format!(
+                        "{func}: header {k} must be a string or a secret handle"
+                    ))
+                })?;
+                ctx.secrets.resolve(&h).ok_or_else(|| {
+                    OpError::new(
+                        kinds::NOT_FOUND,
+                        format!("{func}: secret {} is not loaded", h.name),
+                    )
+                })?
             }
         };
         req = req.header(k, value);
@@ -91,15 +133,23 @@ async fn send(ctx: &RunCtx, func: &str, method: &str, url: reqwest::Url, o: Http
         req = req.body(b);
     }
     let resp = req.send().await.map_err(|e| {
-        let kind = if e.is_timeout() { kinds::TIMEOUT } else { kinds::NETWORK };
-        OpError::new(kind, format!("{func}: {url}: {}", error_chain(&e))).hint("is the server up and the URL right?")
+        let kind = if e.is_timeout() {
+            kinds::TIMEOUT
+        } else {
+            kinds::NETWORK
+        };
+        OpError::new(kind, format!("{func}: {url}: {}", error_chain(&e)))
+            .hint("is the server up and the URL right?")
     })?;
     let status = resp.status().as_u16();
     let mut headers = serde_json::Map::new();
     for (k, v) in resp.headers() {
         headers.insert(k.as_str().to_string(), json!(v.to_str().unwrap_or("")));
     }
-    let body = resp.text().await.map_err(|e| OpError::new(kinds::NETWORK, format!("{func}: reading body: {e}")))?;
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| OpError::new(kinds::NETWORK, format!("{func}: reading body: {e}")))?;
     Ok(json!({ "status": status, "headers": headers, "body": body }))
 }
 

@@ -27,18 +27,36 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: DEFAULT_MAX_DEPTH, max_size: DEFAULT_MAX_SIZE, indent: false }
+        Limits {
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_size: DEFAULT_MAX_SIZE,
+            indent: false,
+        }
     }
 }
 
 fn encode(_: &Lua, (value, o): (Value, Option<Value>)) -> mlua::Result<String> {
     let l: Limits = opts("json.encode", o)?;
-    let v = to_json(&value, ToJson { max_depth: l.max_depth, secrets: false })
-        .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
-    let text = if l.indent { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }
-        .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
+    let v = to_json(
+        &value,
+        ToJson {
+            max_depth: l.max_depth,
+            secrets: false,
+        },
+    )
+    .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
+    let text = if l.indent {
+        serde_json::to_string_pretty(&v)
+    } else {
+        serde_json::to_string(&v)
+    }
+    .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
     if text.len() > l.max_size {
-        return Err(OpError::invalid(format!("json.encode: output is larger than max_size ({} bytes)", l.max_size)).into_lua());
+        return Err(OpError::invalid(format!(
+            "json.encode: output is larger than max_size ({} bytes)",
+            l.max_size
+        ))
+        .into_lua());
     }
     Ok(text)
 }
@@ -73,12 +91,22 @@ fn decode(lua: &Lua, (text, o): (mlua::LuaString, Option<Value>)) -> mlua::Resul
     let l: Limits = opts("json.decode", o)?;
     let bytes = text.as_bytes();
     if bytes.len() > l.max_size {
-        return Err(OpError::invalid(format!("json.decode: input is {} bytes, more than max_size {}", bytes.len(), l.max_size)).into_lua());
+        return Err(OpError::invalid(format!(
+            "json.decode: input is {} bytes, more than max_size {}",
+            bytes.len(),
+            l.max_size
+        ))
+        .into_lua());
     }
-    let text = std::str::from_utf8(&bytes).map_err(|e| OpError::invalid(format!("json.decode: not UTF-8: {e}")).into_lua())?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| OpError::invalid(format!("json.decode: not UTF-8: {e}")).into_lua())?;
     let depth = depth_of(text);
     if depth > l.max_depth {
-        return Err(OpError::invalid(format!("json.decode: nesting depth {depth} exceeds max_depth {}", l.max_depth)).into_lua());
+        return Err(OpError::invalid(format!(
+            "json.decode: nesting depth {depth} exceeds max_depth {}",
+            l.max_depth
+        ))
+        .into_lua());
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let v: serde_json::Value = serde::Deserialize::deserialize(&mut de)

@@ -27,7 +27,8 @@ struct RunFilter {
 }
 
 fn open(ctx: &RunCtx) -> Result<rusqlite::Connection, OpError> {
-    ledger::open(&ctx.ledger, false).map_err(|e| OpError::new(kinds::IO, format!("ledger: {}", e.message)))
+    ledger::open(&ctx.ledger, false)
+        .map_err(|e| OpError::new(kinds::IO, format!("ledger: {}", e.message)))
 }
 
 fn summary_json(r: &query::RunSummary) -> serde_json::Value {
@@ -39,7 +40,11 @@ fn summary_json(r: &query::RunSummary) -> serde_json::Value {
     })
 }
 
-fn find_runs(ctx: &RunCtx, f: &RunFilter, default_limit: usize) -> Result<serde_json::Value, OpError> {
+fn find_runs(
+    ctx: &RunCtx,
+    f: &RunFilter,
+    default_limit: usize,
+) -> Result<serde_json::Value, OpError> {
     let conn = open(ctx)?;
     let all = query::list_runs(&conn, &ctx.ledger, 10_000).map_err(|e| OpError::io(e.message))?;
     let out: Vec<serde_json::Value> = all
@@ -57,7 +62,10 @@ async fn runs(lua: Lua, o: Option<Value>) -> mlua::Result<Value> {
     let ctx = ctx(&lua)?;
     let f: RunFilter = opts("ledger.runs", o)?;
     let args = serde_json::to_value(&f).unwrap_or_default();
-    let v = ctx.record("ledger.runs", args, || async { find_runs(&ctx, &f, 20) }).await.map_err(OpError::into_lua)?;
+    let v = ctx
+        .record("ledger.runs", args, || async { find_runs(&ctx, &f, 20) })
+        .await
+        .map_err(OpError::into_lua)?;
     crate::runtime::value::to_lua(&lua, &v)
 }
 
@@ -68,7 +76,14 @@ async fn last(lua: Lua, o: Option<Value>) -> mlua::Result<Value> {
     let args = serde_json::to_value(&f).unwrap_or_default();
     let v = ctx
         .record("ledger.last", args, || async {
-            let list = find_runs(&ctx, &RunFilter { limit: Some(1), ..f }, 1)?;
+            let list = find_runs(
+                &ctx,
+                &RunFilter {
+                    limit: Some(1),
+                    ..f
+                },
+                1,
+            )?;
             Ok(list.get(0).cloned().unwrap_or(serde_json::Value::Null))
         })
         .await
@@ -81,8 +96,10 @@ async fn run(lua: Lua, id: String) -> mlua::Result<Value> {
     let v = ctx
         .record("ledger.run", json!({ "id": id }), || async {
             let conn = open(&ctx)?;
-            let id = query::resolve_run(&conn, &id).map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
-            let r = query::get_run(&conn, &ctx.ledger, &id).map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
+            let id = query::resolve_run(&conn, &id)
+                .map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
+            let r = query::get_run(&conn, &ctx.ledger, &id)
+                .map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
             Ok(summary_json(&r))
         })
         .await
@@ -95,7 +112,8 @@ async fn entries(lua: Lua, id: String) -> mlua::Result<Value> {
     let v = ctx
         .record("ledger.entries", json!({ "id": id }), || async {
             let conn = open(&ctx)?;
-            let id = query::resolve_run(&conn, &id).map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
+            let id = query::resolve_run(&conn, &id)
+                .map_err(|e| OpError::new(kinds::NOT_FOUND, e.message))?;
             let rows = query::entries(&conn, &id).map_err(|e| OpError::io(e.message))?;
             serde_json::to_value(rows).map_err(|e| OpError::io(e.to_string()))
         })

@@ -11,13 +11,18 @@ const LEVELS: &[&str] = &["debug", "info", "warn", "error"];
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     for (rank, level) in LEVELS.iter().enumerate() {
-        t.set(*level, lua.create_function(move |lua, values: MultiValue| emit(lua, rank, values))?)?;
+        t.set(
+            *level,
+            lua.create_function(move |lua, values: MultiValue| emit(lua, rank, values))?,
+        )?;
     }
     Ok(t)
 }
 
 fn threshold() -> usize {
-    let want = std::env::var("STAGECRAFT_LOG").unwrap_or_default().to_ascii_lowercase();
+    let want = std::env::var("STAGECRAFT_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     LEVELS.iter().position(|l| *l == want).unwrap_or(1)
 }
 

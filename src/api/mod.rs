@@ -31,15 +31,60 @@ pub struct Module {
 }
 
 pub static MODULES: &[Module] = &[
-    Module { name: "exec", register: exec::register, stability: Stability::Stable, about: "run programs (argv, never a shell string)" },
-    Module { name: "fs", register: fs::register, stability: Stability::Stable, about: "files inside the project root" },
-    Module { name: "secrets", register: secrets::register, stability: Stability::Stable, about: "opaque secret handles from the environment or .env" },
-    Module { name: "task", register: task::register, stability: Stability::Stable, about: "structured concurrency: parallel and map" },
-    Module { name: "json", register: json::register, stability: Stability::Stable, about: "JSON encode/decode with limits" },
-    Module { name: "yaml", register: yaml::register, stability: Stability::Stable, about: "YAML encode/decode with limits" },
-    Module { name: "log", register: log::register, stability: Stability::Stable, about: "levelled, scrubbed logging" },
-    Module { name: "http", register: http::register, stability: Stability::Experimental, about: "HTTP GET/POST (capability net:HOST)" },
-    Module { name: "ledger", register: ledger::register, stability: Stability::Stable, about: "read-only queries of past runs" },
+    Module {
+        name: "exec",
+        register: exec::register,
+        stability: Stability::Stable,
+        about: "run programs (argv, never a shell string)",
+    },
+    Module {
+        name: "fs",
+        register: fs::register,
+        stability: Stability::Stable,
+        about: "files inside the project root",
+    },
+    Module {
+        name: "secrets",
+        register: secrets::register,
+        stability: Stability::Stable,
+        about: "opaque secret handles from the environment or .env",
+    },
+    Module {
+        name: "task",
+        register: task::register,
+        stability: Stability::Stable,
+        about: "structured concurrency: parallel and map",
+    },
+    Module {
+        name: "json",
+        register: json::register,
+        stability: Stability::Stable,
+        about: "JSON encode/decode with limits",
+    },
+    Module {
+        name: "yaml",
+        register: yaml::register,
+        stability: Stability::Stable,
+        about: "YAML encode/decode with limits",
+    },
+    Module {
+        name: "log",
+        register: log::register,
+        stability: Stability::Stable,
+        about: "levelled, scrubbed logging",
+    },
+    Module {
+        name: "http",
+        register: http::register,
+        stability: Stability::Experimental,
+        about: "HTTP GET/POST (capability net:HOST)",
+    },
+    Module {
+        name: "ledger",
+        register: ledger::register,
+        stability: Stability::Stable,
+        about: "read-only queries of past runs",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Module> {
@@ -53,13 +98,15 @@ pub fn opts<T: DeserializeOwned + Default>(func: &str, value: Option<Value>) -> 
         None | Some(Value::Nil) => return Ok(T::default()),
         Some(v) => v,
     };
-    let json = to_json(&v, ToJson::default()).map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?;
+    let json = to_json(&v, ToJson::default())
+        .map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?;
     from_json(func, json)
 }
 
 /// Deserialize JSON into a strict struct with friendly errors.
 pub fn from_json<T: DeserializeOwned>(func: &str, json: serde_json::Value) -> mlua::Result<T> {
-    serde_json::from_value(json).map_err(|e| OpError::invalid(friendly_serde(func, &e.to_string())).into_lua())
+    serde_json::from_value(json)
+        .map_err(|e| OpError::invalid(friendly_serde(func, &e.to_string())).into_lua())
 }
 
 /// `unknown field `imgae`, expected one of `image`, `name`` -> `f: unknown field 'imgae' (did you mean 'image'?)`.
@@ -87,7 +134,13 @@ pub fn raise(e: OpError) -> mlua::Error {
 mod tests {
     #[test]
     fn friendly_unknown_field() {
-        let m = super::friendly_serde("docker.run", "unknown field `imgae`, expected one of `image`, `name`");
-        assert_eq!(m, "docker.run: unknown field 'imgae' (did you mean 'image'?)");
+        let m = super::friendly_serde(
+            "docker.run",
+            "unknown field `imgae`, expected one of `image`, `name`",
+        );
+        assert_eq!(
+            m,
+            "docker.run: unknown field 'imgae' (did you mean 'image'?)"
+        );
     }
 }

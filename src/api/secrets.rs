@@ -4,9 +4,9 @@ use mlua::{Lua, Table};
 use serde_json::json;
 
 use crate::runtime::caps::Request;
+use crate::runtime::ctx;
 use crate::runtime::fault::{OpError, kinds};
 use crate::runtime::secrets::SecretHandle;
-use crate::runtime::ctx;
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -21,11 +21,18 @@ fn valid_name(name: &str) -> bool {
 fn get(lua: &Lua, name: String) -> mlua::Result<SecretHandle> {
     let ctx = ctx(lua)?;
     if !valid_name(&name) {
-        return Err(OpError::invalid(format!("secrets.get: '{name}' is not a valid secret name (letters, digits, _)")).into_lua());
+        return Err(OpError::invalid(format!(
+            "secrets.get: '{name}' is not a valid secret name (letters, digits, _)"
+        ))
+        .into_lua());
     }
     let v = ctx
         .record_sync("secrets.get", json!({ "name": name }), || {
-            ctx.require("secrets.get", &Request::Secret(&name), &format!("secrets:{name}"))?;
+            ctx.require(
+                "secrets.get",
+                &Request::Secret(&name),
+                &format!("secrets:{name}"),
+            )?;
             let handle = ctx.secrets.load(&name).map_err(|m| {
                 OpError::new(kinds::NOT_FOUND, format!("secrets.get: {m}"))
                     .hint(format!("export {name}=... or add it to the project's .env"))
@@ -33,6 +40,7 @@ fn get(lua: &Lua, name: String) -> mlua::Result<SecretHandle> {
             Ok(handle.reference())
         })
         .map_err(OpError::into_lua)?;
-    SecretHandle::from_reference(&v)
-        .ok_or_else(|| OpError::new("internal", "secrets.get: malformed recorded handle").into_lua())
+    SecretHandle::from_reference(&v).ok_or_else(|| {
+        OpError::new("internal", "secrets.get: malformed recorded handle").into_lua()
+    })
 }

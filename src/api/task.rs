@@ -29,11 +29,20 @@ struct MapOpts {
 
 /// The runner and capture functions, stored by the runtime in the registry.
 fn runner(lua: &Lua) -> mlua::Result<(Function, Function)> {
-    Ok((lua.named_registry_value("stagecraft.runner")?, lua.named_registry_value("stagecraft.capture")?))
+    Ok((
+        lua.named_registry_value("stagecraft.runner")?,
+        lua.named_registry_value("stagecraft.capture")?,
+    ))
 }
 
 /// Run one task to completion: its first return value, or its failure with identity.
-async fn run_task(lua: Lua, ctx: Arc<RunCtx>, state: Arc<TaskState>, f: Function, args: MultiValue) -> Result<Value, mlua::Error> {
+async fn run_task(
+    lua: Lua,
+    ctx: Arc<RunCtx>,
+    state: Arc<TaskState>,
+    f: Function,
+    args: MultiValue,
+) -> Result<Value, mlua::Error> {
     let (run, capture) = runner(&lua)?;
     let mut call_args = MultiValue::new();
     call_args.push_back(Value::Function(f));
@@ -47,7 +56,8 @@ async fn run_task(lua: Lua, ctx: Arc<RunCtx>, state: Arc<TaskState>, f: Function
         Ok(v) => v,
         Err(e) => {
             let msg = crate::runtime::fault::message_of(&e);
-            let op = crate::runtime::fault::find_op_error(&e).unwrap_or_else(|| OpError::new(kinds::TASK, msg));
+            let op = crate::runtime::fault::find_op_error(&e)
+                .unwrap_or_else(|| OpError::new(kinds::TASK, msg));
             return Err(task_error(&state.path, op).into_lua());
         }
     };
@@ -68,12 +78,18 @@ fn task_error(path: &str, op: OpError) -> OpError {
     if op.message.starts_with("task ") {
         return op;
     }
-    OpError { message: format!("task {path} failed: {}", op.message), ..op }
+    OpError {
+        message: format!("task {path} failed: {}", op.message),
+        ..op
+    }
 }
 
 async fn parallel(lua: Lua, fns: Table) -> mlua::Result<Table> {
     let ctx = ctx(&lua)?;
-    let parent = ctx.tasks.current().ok_or_else(|| OpError::new("internal", "task.parallel outside a task").into_lua())?;
+    let parent = ctx
+        .tasks
+        .current()
+        .ok_or_else(|| OpError::new("internal", "task.parallel outside a task").into_lua())?;
     let mut list = Vec::new();
     for (i, v) in fns.sequence_values::<Value>().enumerate() {
         match v? {
@@ -107,8 +123,13 @@ async fn map(lua: Lua, (list, f, o): (Table, Function, Option<Value>)) -> mlua::
     if o.limit == Some(0) {
         return Err(OpError::invalid("task.map: limit must be at least 1").into_lua());
     }
-    let parent = ctx.tasks.current().ok_or_else(|| OpError::new("internal", "task.map outside a task").into_lua())?;
-    let items: Vec<Value> = list.sequence_values::<Value>().collect::<mlua::Result<_>>()?;
+    let parent = ctx
+        .tasks
+        .current()
+        .ok_or_else(|| OpError::new("internal", "task.map outside a task").into_lua())?;
+    let items: Vec<Value> = list
+        .sequence_values::<Value>()
+        .collect::<mlua::Result<_>>()?;
     let n = items.len();
     let limit = o.limit.unwrap_or(n.max(1));
     let group = parent.next_group();

@@ -84,17 +84,24 @@ fn ls(a: LsArgs) -> Result<i32, Error> {
         println!("no runs yet");
         return Ok(exit::OK);
     }
-    println!("{:<26}  {:<11}  {:>4}  {:>6}  {:<24}  SCRIPT", "RUN", "STATUS", "EXIT", "CALLS", "STARTED");
+    println!(
+        "{:<26}  {:<11}  {:>4}  {:>6}  {:<24}  SCRIPT",
+        "RUN", "STATUS", "EXIT", "CALLS", "STARTED"
+    );
     for r in runs {
         println!(
             "{:<26}  {:<11}  {:>4}  {:>6}  {:<24}  {}{}",
             r.id,
             r.status,
-            r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            r.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.calls,
             rfc3339(r.started_at),
             r.script,
-            r.replay_of.map(|o| format!(" (re-run of {o})")).unwrap_or_default()
+            r.replay_of
+                .map(|o| format!(" (re-run of {o})"))
+                .unwrap_or_default()
         );
     }
     Ok(exit::OK)
@@ -112,37 +119,88 @@ fn show(a: ShowArgs) -> Result<i32, Error> {
     }
     let m = &run.meta;
     println!("run       {}", run.id);
-    println!("script    {} (sha256 {})", run.script, m["script_sha256"].as_str().unwrap_or("?"));
-    println!("status    {}{}", run.status, run.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default());
+    println!(
+        "script    {} (sha256 {})",
+        run.script,
+        m["script_sha256"].as_str().unwrap_or("?")
+    );
+    println!(
+        "status    {}{}",
+        run.status,
+        run.exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default()
+    );
     println!("started   {}", rfc3339(run.started_at));
     if let Some(end) = run.ended_at {
-        println!("ended     {} ({} ms)", rfc3339(end), (end - run.started_at) / 1000);
+        println!(
+            "ended     {} ({} ms)",
+            rfc3339(end),
+            (end - run.started_at) / 1000
+        );
     }
     println!("args      {}", m["args"]);
-    let dirty = run.end.as_ref().and_then(|e| e.get("git_dirty")).and_then(|d| d.as_bool());
+    let dirty = run
+        .end
+        .as_ref()
+        .and_then(|e| e.get("git_dirty"))
+        .and_then(|d| d.as_bool());
     println!(
         "git       {}{}",
-        m["git"]["commit"].as_str().unwrap_or("(not a git checkout)"),
-        match dirty { Some(true) => " (dirty)", _ => "" }
+        m["git"]["commit"]
+            .as_str()
+            .unwrap_or("(not a git checkout)"),
+        match dirty {
+            Some(true) => " (dirty)",
+            _ => "",
+        }
     );
-    println!("by        {}@{} (stagecraft {})", m["user"].as_str().unwrap_or("?"), m["host"].as_str().unwrap_or("?"), m["version"].as_str().unwrap_or("?"));
+    println!(
+        "by        {}@{} (stagecraft {})",
+        m["user"].as_str().unwrap_or("?"),
+        m["host"].as_str().unwrap_or("?"),
+        m["version"].as_str().unwrap_or("?")
+    );
     println!("grants    {}", m["grants"]);
     if let Some(o) = &run.replay_of {
         println!("re-run of {o}");
     }
-    if let Some(err) = run.end.as_ref().and_then(|e| e.get("error")).filter(|e| !e.is_null()) {
+    if let Some(err) = run
+        .end
+        .as_ref()
+        .and_then(|e| e.get("error"))
+        .filter(|e| !e.is_null())
+    {
         println!("error     {}", err["message"].as_str().unwrap_or(""));
     }
     println!();
-    println!("{:>6}  {:<14}  {:<16}  {:>9}  ARGS -> RESULT", "SEQ", "TASK", "OP", "TIME");
+    println!(
+        "{:>6}  {:<14}  {:<16}  {:>9}  ARGS -> RESULT",
+        "SEQ", "TASK", "OP", "TIME"
+    );
     for e in entries {
         let outcome = match (&e.error, &e.result) {
-            (Some(err), _) => format!("ERROR {}", err.get("message").and_then(|m| m.as_str()).unwrap_or("")),
+            (Some(err), _) => format!(
+                "ERROR {}",
+                err.get("message").and_then(|m| m.as_str()).unwrap_or("")
+            ),
             (None, Some(r)) => short(&r.to_string()),
             (None, None) => String::new(),
         };
-        let task = if e.kind == "module" { "(module)".to_string() } else { e.task };
-        println!("{:>6}  {:<14}  {:<16}  {:>7}us  {} -> {}", e.seq, task, e.op, e.duration_us, short(&e.args.to_string()), outcome);
+        let task = if e.kind == "module" {
+            "(module)".to_string()
+        } else {
+            e.task
+        };
+        println!(
+            "{:>6}  {:<14}  {:<16}  {:>7}us  {} -> {}",
+            e.seq,
+            task,
+            e.op,
+            e.duration_us,
+            short(&e.args.to_string()),
+            outcome
+        );
     }
     Ok(exit::OK)
 }
@@ -171,13 +229,29 @@ fn verify_cmd(a: CommonArgs) -> Result<i32, Error> {
             report.checkpoint_seq.unwrap_or(0)
         );
         if report.foreign_signatures > 0 {
-            println!("note: {} entries are signed by other users' keys (chain-checked only)", report.foreign_signatures);
+            println!(
+                "note: {} entries are signed by other users' keys (chain-checked only)",
+                report.foreign_signatures
+            );
         }
     } else {
-        let first = report.first_bad_seq.map(|s| format!(" (first bad entry: {s})")).unwrap_or_default();
-        let err = Error::new(Kind::Verify, format!("ledger {} FAILED verification{first}", p.db.display()))
-            .with_detail(report.problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))
-            .with_hint("the ledger was modified outside Stagecraft; keep a copy for investigation");
+        let first = report
+            .first_bad_seq
+            .map(|s| format!(" (first bad entry: {s})"))
+            .unwrap_or_default();
+        let err = Error::new(
+            Kind::Verify,
+            format!("ledger {} FAILED verification{first}", p.db.display()),
+        )
+        .with_detail(
+            report
+                .problems
+                .iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .with_hint("the ledger was modified outside Stagecraft; keep a copy for investigation");
         eprintln!("{err}");
     }
     Ok(if report.ok { exit::OK } else { exit::VERIFY })
@@ -193,7 +267,11 @@ fn export(a: CommonArgs) -> Result<i32, Error> {
     let mut rows = stmt.query([])?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
-    let parse = |s: Option<String>| s.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or(serde_json::Value::String(t)));
+    let parse = |s: Option<String>| {
+        s.map(|t| {
+            serde_json::from_str::<serde_json::Value>(&t).unwrap_or(serde_json::Value::String(t))
+        })
+    };
     while let Some(r) = rows.next()? {
         let line = serde_json::json!({
             "seq": r.get::<_, i64>(0)?,

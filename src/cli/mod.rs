@@ -91,7 +91,9 @@ pub struct LedgerArg {
 impl LimitArgs {
     pub fn settings(&self, ledger: &LedgerArg, json: bool) -> Result<Settings, Error> {
         if self.cpu_limit < 0.0 || !self.cpu_limit.is_finite() {
-            return Err(Error::usage("--cpu-limit must be a non-negative number of seconds"));
+            return Err(Error::usage(
+                "--cpu-limit must be a non-negative number of seconds",
+            ));
         }
         if self.memory_limit < 1 {
             return Err(Error::usage("--memory-limit must be at least 1 MB"));
@@ -99,7 +101,9 @@ impl LimitArgs {
         if let Some(t) = self.timeout
             && !(t > 0.0 && t.is_finite())
         {
-            return Err(Error::usage("--timeout must be a positive number of seconds"));
+            return Err(Error::usage(
+                "--timeout must be a positive number of seconds",
+            ));
         }
         Ok(Settings {
             allow: self.allow.clone(),
@@ -153,5 +157,6 @@ pub fn print_json(v: &impl serde::Serialize) {
 }
 
 pub fn cwd() -> Result<PathBuf, Error> {
-    std::env::current_dir().map_err(|e| Error::usage(format!("cannot read the current directory: {e}")))
+    std::env::current_dir()
+        .map_err(|e| Error::usage(format!("cannot read the current directory: {e}")))
 }

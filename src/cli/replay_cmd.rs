@@ -45,7 +45,11 @@ pub fn run(a: ReplayArgs) -> Result<i32, Error> {
             if let Some(e) = &outcome.error {
                 eprintln!("{e}");
             }
-            eprintln!("run {} (re-run of {id}) {}", outcome.run_id, outcome.status.as_str());
+            eprintln!(
+                "run {} (re-run of {id}) {}",
+                outcome.run_id,
+                outcome.status.as_str()
+            );
         }
         return Ok(outcome.exit_code);
     }

@@ -40,9 +40,8 @@ impl UserKey {
                     .with_hint("restore it from a backup; a new key cannot verify old entries")
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    Error::ledger(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::ledger(format!("cannot create {}: {e}", dir.display())))?;
                 let key: [u8; 32] = rand::random();
                 let tmp = dir.join(format!("ledger.key.{}", std::process::id()));
                 let mut f = std::fs::OpenOptions::new()
@@ -62,7 +61,10 @@ impl UserKey {
                 let _ = std::fs::remove_file(&tmp);
                 Self::load_or_create()
             }
-            Err(e) => Err(Error::ledger(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(Error::ledger(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -80,7 +82,8 @@ impl UserKey {
     /// HMAC-SHA256 under a domain label, hex encoded.
     pub fn sign(&self, domain: &str, data: &[u8]) -> String {
         // new_from_slice only fails for invalid key lengths, which HMAC does not have.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("hmac accepts any key");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("hmac accepts any key");
         mac.update(domain.as_bytes());
         mac.update(&[0]);
         mac.update(data);

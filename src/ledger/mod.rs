@@ -129,8 +129,10 @@ impl FileLock {
 /// Open (creating if needed) the ledger database with the schema in place.
 pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
     if !create && !paths.db.exists() {
-        return Err(Error::ledger(format!("no ledger at {}", paths.db.display()))
-            .with_hint("run a script first (stagecraft run FILE), or pass --ledger PATH"));
+        return Err(
+            Error::ledger(format!("no ledger at {}", paths.db.display()))
+                .with_hint("run a script first (stagecraft run FILE), or pass --ledger PATH"),
+        );
     }
     if let Some(dir) = paths.db.parent() {
         std::fs::create_dir_all(dir)
@@ -155,8 +157,14 @@ pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
         let _lock = FileLock::acquire(&paths.lock())?;
         conn.execute_batch(SCHEMA)?;
         let id = crate::util::sortable_id();
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('ledger_id', ?1)", [&id])?;
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')", [])?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('ledger_id', ?1)",
+            [&id],
+        )?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
+            [],
+        )?;
         // A checkpoint for the empty chain, so a deleted head file is always noticed.
         if !paths.head().exists() {
             let key = key::UserKey::load_or_create()?;
@@ -168,7 +176,11 @@ pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
 }
 
 pub fn ledger_id(conn: &Connection) -> Result<String> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| r.get(0))?)
+    Ok(
+        conn.query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// One entry's fields as hashed. The canonical encoding is a JSON array in this field order.

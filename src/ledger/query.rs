@@ -81,15 +81,25 @@ fn summary_from_row(paths: &LedgerPaths, r: &rusqlite::Row<'_>) -> rusqlite::Res
     let end: Option<Value> = r.get::<_, Option<String>>(3)?.map(|t| parse_json(&t));
     let (status, exit_code) = match &end {
         Some(e) => (
-            e.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+            e.get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
             e.get("exit_code").and_then(Value::as_i64),
         ),
         None if run_is_alive(paths, &id) => ("running".to_string(), None),
         None => ("interrupted".to_string(), None),
     };
     Ok(RunSummary {
-        script: meta.get("script").and_then(Value::as_str).unwrap_or("").to_string(),
-        replay_of: meta.get("replay_of").and_then(Value::as_str).map(str::to_string),
+        script: meta
+            .get("script")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        replay_of: meta
+            .get("replay_of")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         id,
         status,
         exit_code,
@@ -144,20 +154,36 @@ pub fn entries(conn: &Connection, run_id: &str) -> Result<Vec<EntryRow>> {
 }
 
 /// Raw call entries of a run for replay: (task, idx, op, args text, result text, error text).
-pub fn raw_calls(conn: &Connection, run_id: &str) -> Result<Vec<(i64, String, String, String, Option<String>, Option<String>)>> {
+pub fn raw_calls(
+    conn: &Connection,
+    run_id: &str,
+) -> Result<Vec<(i64, String, String, String, Option<String>, Option<String>)>> {
     let mut stmt = conn.prepare(
         "SELECT seq, task, op, args, result, error FROM entries \
          WHERE run_id = ?1 AND kind = 'call' ORDER BY seq",
     )?;
     let rows = stmt
-        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .query_map([run_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
 pub fn source(conn: &Connection, sha256: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .query_row("SELECT content FROM sources WHERE sha256 = ?1", params![sha256], |r| r.get(0))
+        .query_row(
+            "SELECT content FROM sources WHERE sha256 = ?1",
+            params![sha256],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
@@ -176,6 +202,11 @@ pub fn dead_runs(conn: &Connection, paths: &LedgerPaths) -> Result<Vec<String>> 
         "SELECT s.run_id FROM entries s WHERE s.kind = 'run.start' AND NOT EXISTS \
          (SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.kind = 'run.end')",
     )?;
-    let ids: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    Ok(ids.into_iter().filter(|id| !run_is_alive(paths, id)).collect())
+    let ids: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(ids
+        .into_iter()
+        .filter(|id| !run_is_alive(paths, id))
+        .collect())
 }

@@ -39,7 +39,10 @@ fn read_checkpoint(paths: &LedgerPaths) -> std::result::Result<Checkpoint, Strin
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     Ok(Checkpoint {
         ledger_id: s("ledger_id").ok_or("head checkpoint lacks ledger_id")?,
-        seq: v.get("seq").and_then(|x| x.as_i64()).ok_or("head checkpoint lacks seq")?,
+        seq: v
+            .get("seq")
+            .and_then(|x| x.as_i64())
+            .ok_or("head checkpoint lacks seq")?,
         hash: s("hash").ok_or("head checkpoint lacks hash")?,
         key_id: s("key_id").ok_or("head checkpoint lacks key_id")?,
         mac: s("mac").ok_or("head checkpoint lacks mac")?,
@@ -66,7 +69,11 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
 
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if integrity != "ok" {
-        bad(&mut report, None, format!("SQLite integrity check failed: {integrity}"));
+        bad(
+            &mut report,
+            None,
+            format!("SQLite integrity check failed: {integrity}"),
+        );
     }
     for trig in TRIGGERS {
         let n: i64 = conn.query_row(
@@ -75,7 +82,11 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
             |r| r.get(0),
         )?;
         if n == 0 {
-            bad(&mut report, None, format!("append-only trigger {trig} was removed"));
+            bad(
+                &mut report,
+                None,
+                format!("append-only trigger {trig} was removed"),
+            );
         }
     }
 
@@ -113,7 +124,11 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
             );
         }
         if prev_hash != prev {
-            bad(&mut report, Some(seq), format!("entry {seq} does not link to the entry before it"));
+            bad(
+                &mut report,
+                Some(seq),
+                format!("entry {seq} does not link to the entry before it"),
+            );
         }
         let fields = EntryFields {
             seq,
@@ -130,11 +145,19 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
         };
         let computed = fields.hash(&prev_hash);
         if computed != hash {
-            bad(&mut report, Some(seq), format!("entry {seq} was modified (hash mismatch)"));
+            bad(
+                &mut report,
+                Some(seq),
+                format!("entry {seq} was modified (hash mismatch)"),
+            );
         }
         if key_id == key.id {
             if key.sign("stagecraft-entry-v1", hash.as_bytes()) != mac {
-                bad(&mut report, Some(seq), format!("entry {seq} has an invalid signature (re-hashed?)"));
+                bad(
+                    &mut report,
+                    Some(seq),
+                    format!("entry {seq} has an invalid signature (re-hashed?)"),
+                );
             }
         } else {
             report.foreign_signatures += 1;
@@ -154,7 +177,11 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
         let sha: String = r.get(0)?;
         let content: Vec<u8> = r.get(1)?;
         if sha256_hex(&content) != sha {
-            bad(&mut report, None, format!("recorded source {sha} was modified"));
+            bad(
+                &mut report,
+                None,
+                format!("recorded source {sha} was modified"),
+            );
         }
     }
 
@@ -165,18 +192,34 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
             let ledger_id = super::ledger_id(conn).unwrap_or_default();
             let msg = checkpoint_message(&cp.ledger_id, cp.seq, &cp.hash);
             if cp.key_id != key.id {
-                bad(&mut report, None, format!(
-                    "head checkpoint is signed by another key ({}); cannot vouch for it", cp.key_id
-                ));
+                bad(
+                    &mut report,
+                    None,
+                    format!(
+                        "head checkpoint is signed by another key ({}); cannot vouch for it",
+                        cp.key_id
+                    ),
+                );
             } else if key.sign("stagecraft-head-v1", msg.as_bytes()) != cp.mac {
-                bad(&mut report, None, "head checkpoint signature is invalid (forged checkpoint)".into());
+                bad(
+                    &mut report,
+                    None,
+                    "head checkpoint signature is invalid (forged checkpoint)".into(),
+                );
             } else if cp.ledger_id != ledger_id {
-                bad(&mut report, None, "head checkpoint belongs to another ledger (database replaced)".into());
+                bad(
+                    &mut report,
+                    None,
+                    "head checkpoint belongs to another ledger (database replaced)".into(),
+                );
             } else if cp.seq > last_seq {
                 bad(
                     &mut report,
                     Some(last_seq + 1),
-                    format!("ledger truncated: the signed head is entry {} but the database ends at {last_seq}", cp.seq),
+                    format!(
+                        "ledger truncated: the signed head is entry {} but the database ends at {last_seq}",
+                        cp.seq
+                    ),
                 );
             } else if cp.seq > 0 {
                 let at = hashes_at
@@ -189,7 +232,10 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
                     bad(
                         &mut report,
                         Some(suspect),
-                        format!("chain rewritten: entry {} no longer matches the signed head", cp.seq),
+                        format!(
+                            "chain rewritten: entry {} no longer matches the signed head",
+                            cp.seq
+                        ),
                     );
                 }
             }

@@ -64,7 +64,10 @@ impl Writer {
             .name("ledger-writer".into())
             .spawn(move || writer_loop(thread_shared, paths, conn, key, ledger_id))
             .map_err(|e| Error::ledger(format!("cannot start the ledger writer: {e}")))?;
-        Ok(Writer { shared, thread: Mutex::new(Some(thread)) })
+        Ok(Writer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     pub fn push(&self, entry: Pending) {
@@ -82,12 +85,20 @@ impl Writer {
 
     /// Commit everything queued so far and wait until it is durable.
     pub fn flush(&self) -> Result<()> {
-        let mut st = self.shared.state.lock().map_err(|_| Error::ledger("ledger writer poisoned"))?;
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .map_err(|_| Error::ledger("ledger writer poisoned"))?;
         st.requested += 1;
         let want = st.requested;
         self.shared.wake.notify_one();
         while st.done < want && st.failure.is_none() {
-            st = self.shared.flushed.wait(st).map_err(|_| Error::ledger("ledger writer poisoned"))?;
+            st = self
+                .shared
+                .flushed
+                .wait(st)
+                .map_err(|_| Error::ledger("ledger writer poisoned"))?;
         }
         match &st.failure {
             Some(f) => Err(Error::ledger(f.clone())),
@@ -130,7 +141,9 @@ fn writer_loop(
     loop {
         // Wait out the interval (entries accumulate into one batch) unless a flush is requested.
         let (entries, sources, request, stop) = {
-            let Ok(mut st) = shared.state.lock() else { return };
+            let Ok(mut st) = shared.state.lock() else {
+                return;
+            };
             if st.requested == st.done && !st.stop {
                 st = match shared.wake.wait_timeout(st, FLUSH_INTERVAL) {
                     Ok((g, _)) => g,
@@ -149,7 +162,9 @@ fn writer_loop(
         } else {
             append(&mut conn, &paths, &key, &ledger_id, &entries, &sources)
         };
-        let Ok(mut st) = shared.state.lock() else { return };
+        let Ok(mut st) = shared.state.lock() else {
+            return;
+        };
         if let Err(e) = outcome {
             st.failure = Some(e.message);
         }
@@ -174,15 +189,18 @@ pub fn append(
     let _lock = FileLock::acquire(&paths.lock())?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (mut seq, mut prev): (i64, String) = tx
-        .query_row("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_string())),
             other => Err(other),
         })?;
     {
-        let mut src = tx.prepare_cached("INSERT OR IGNORE INTO sources(sha256, content) VALUES (?1, ?2)")?;
+        let mut src =
+            tx.prepare_cached("INSERT OR IGNORE INTO sources(sha256, content) VALUES (?1, ?2)")?;
         for (sha, content) in sources {
             src.execute(rusqlite::params![sha, content])?;
         }
@@ -240,7 +258,10 @@ pub fn write_checkpoint(
     seq: i64,
     hash: &str,
 ) -> Result<()> {
-    let mac = key.sign("stagecraft-head-v1", checkpoint_message(ledger_id, seq, hash).as_bytes());
+    let mac = key.sign(
+        "stagecraft-head-v1",
+        checkpoint_message(ledger_id, seq, hash).as_bytes(),
+    );
     let body = serde_json::json!({
         "format": 1,
         "ledger_id": ledger_id,

@@ -34,7 +34,10 @@ impl fmt::Display for Capability {
 
 impl Capability {
     pub fn new(name: &str, scope: Option<&str>) -> Self {
-        Capability { name: name.to_string(), scope: scope.map(str::to_string) }
+        Capability {
+            name: name.to_string(),
+            scope: scope.map(str::to_string),
+        }
     }
 
     /// Parse `NAME[:SCOPE]`, naming the mistake and the closest valid name.
@@ -56,7 +59,9 @@ impl Capability {
         };
         match scope {
             Some("") => Err(format!("capability '{text}' has an empty scope")),
-            Some(_) if !scoped => Err(format!("capability '{name}' takes no scope (found '{text}')")),
+            Some(_) if !scoped => Err(format!(
+                "capability '{name}' takes no scope (found '{text}')"
+            )),
             Some(s) => Ok(Capability::new(name, Some(s))),
             None => Ok(Capability::new(name, None)),
         }
@@ -84,7 +89,11 @@ pub enum Request<'a> {
 
 impl Grants {
     pub fn new(all: bool, caps: Vec<Capability>) -> Self {
-        Grants { all, caps, path_env: std::env::var("PATH").ok() }
+        Grants {
+            all,
+            caps,
+            path_env: std::env::var("PATH").ok(),
+        }
     }
 
     pub fn all(&self) -> bool {
@@ -171,7 +180,10 @@ mod tests {
 
     #[test]
     fn parse_and_suggest() {
-        assert_eq!(Capability::parse("exec:curl").map(|c| c.to_string()), Ok("exec:curl".into()));
+        assert_eq!(
+            Capability::parse("exec:curl").map(|c| c.to_string()),
+            Ok("exec:curl".into())
+        );
         let err = Capability::parse("exce:curl").unwrap_err();
         assert!(err.contains("did you mean 'exec'"), "{err}");
         assert!(Capability::parse("docker:x").is_err());

@@ -29,7 +29,11 @@ pub struct OpError {
 
 impl OpError {
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
-        OpError { kind: kind.to_string(), message: message.into(), hint: None }
+        OpError {
+            kind: kind.to_string(),
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -88,7 +92,9 @@ impl UserData for ErrorObject {
         fields.add_field_method_get("hint", |_, this| Ok(this.0.hint.clone()));
     }
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.message.clone()));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(this.0.message.clone())
+        });
     }
 }
 
@@ -107,9 +113,17 @@ pub fn message_of(err: &mlua::Error) -> String {
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::CallbackError { cause, .. } => message_of(cause),
         mlua::Error::WithContext { context, cause } => format!("{context}: {}", message_of(cause)),
-        mlua::Error::BadArgument { to, pos, name, cause } => {
+        mlua::Error::BadArgument {
+            to,
+            pos,
+            name,
+            cause,
+        } => {
             let func = to.as_deref().unwrap_or("function");
-            let arg = name.as_deref().map(|n| format!(" '{n}'")).unwrap_or_default();
+            let arg = name
+                .as_deref()
+                .map(|n| format!(" '{n}'"))
+                .unwrap_or_default();
             format!("bad argument #{pos}{arg} to {func}: {}", message_of(cause))
         }
         other => other.to_string(),

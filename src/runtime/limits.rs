@@ -16,11 +16,15 @@ pub struct Stop {
     wall_deadline: Option<Instant>,
     wall_limit: Option<Duration>,
     ticks: AtomicU32,
+    memory_mb: u64,
 }
 
 /// CPU time consumed by the calling thread (the one running Lua).
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -30,7 +34,7 @@ pub fn thread_cpu_time() -> Duration {
 }
 
 impl Stop {
-    pub fn new(cpu_limit: Option<Duration>, wall_limit: Option<Duration>) -> Self {
+    pub fn new(cpu_limit: Option<Duration>, wall_limit: Option<Duration>, memory_mb: u64) -> Self {
         Stop {
             stopped: AtomicBool::new(false),
             reason: Mutex::new(None),
@@ -39,6 +43,7 @@ impl Stop {
             wall_deadline: wall_limit.map(|w| Instant::now() + w),
             wall_limit,
             ticks: AtomicU32::new(0),
+            memory_mb,
         }
     }
 
@@ -63,7 +68,9 @@ impl Stop {
     /// `Err` once stopped. Cheap; called by the interrupt and by every primitive.
     pub fn check(&self) -> Result<(), OpError> {
         if self.is_stopped() {
-            return Err(self.reason().unwrap_or_else(|| OpError::new(kinds::LIMIT, "run stopped")));
+            return Err(self
+                .reason()
+                .unwrap_or_else(|| OpError::new(kinds::LIMIT, "run stopped")));
         }
         Ok(())
     }
@@ -88,27 +95,50 @@ impl Stop {
         self.check()
     }
 
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_mb
+    }
+
     pub fn wall_limit(&self) -> Option<Duration> {
         self.wall_limit
     }
 }
 
 pub fn cpu_exceeded(limit: Duration) -> OpError {
-    OpError::new(kinds::LIMIT, format!("CPU limit exceeded: the script used more than {}s of CPU time", secs(limit)))
-        .hint("raise it with --cpu-limit SECONDS, or look for a runaway loop")
+    OpError::new(
+        kinds::LIMIT,
+        format!(
+            "CPU limit exceeded: the script used more than {}s of CPU time",
+            secs(limit)
+        ),
+    )
+    .hint("raise it with --cpu-limit SECONDS, or look for a runaway loop")
 }
 
 pub fn wall_exceeded(limit: Duration) -> OpError {
-    OpError::new(kinds::LIMIT, format!("time limit exceeded: the run took longer than {}s", secs(limit)))
-        .hint("raise it with --timeout SECONDS")
+    OpError::new(
+        kinds::LIMIT,
+        format!(
+            "time limit exceeded: the run took longer than {}s",
+            secs(limit)
+        ),
+    )
+    .hint("raise it with --timeout SECONDS")
 }
 
 pub fn memory_exceeded(limit_mb: u64) -> OpError {
-    OpError::new(kinds::LIMIT, format!("memory limit exceeded: the script needed more than {limit_mb} MB"))
-        .hint("raise it with --memory-limit MB, or build smaller tables/strings")
+    OpError::new(
+        kinds::LIMIT,
+        format!("memory limit exceeded: the script needed more than {limit_mb} MB"),
+    )
+    .hint("raise it with --memory-limit MB, or build smaller tables/strings")
 }
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s.fract() == 0.0 { format!("{}", s as u64) } else { format!("{s:.1}") }
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s:.1}")
+    }
 }

@@ -28,14 +28,19 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
     match loaded.raw_get::<Value>(key.as_str())? {
         Value::Nil => {}
         Value::LightUserData(_) => {
-            return Err(OpError::invalid(format!("require: cyclic require of '{name}'"))
-                .hint("move the shared part into a third module")
-                .into_lua());
+            return Err(
+                OpError::invalid(format!("require: cyclic require of '{name}'"))
+                    .hint("move the shared part into a third module")
+                    .into_lua(),
+            );
         }
         v => return Ok(v),
     }
     // Marker while loading, to catch cycles.
-    loaded.raw_set(key.as_str(), Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())))?;
+    loaded.raw_set(
+        key.as_str(),
+        Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())),
+    )?;
     let result = match source {
         Source::Rust(register) => register(&lua).map(Value::Table),
         Source::Luau { chunk, text } => {
@@ -44,7 +49,11 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
             if let Ok(mut m) = ctx.modules.lock() {
                 m.push((chunk.clone(), sha));
             }
-            match lua.load(text.as_str()).set_name(format!("@{chunk}")).into_function() {
+            match lua
+                .load(text.as_str())
+                .set_name(format!("@{chunk}"))
+                .into_function()
+            {
                 Ok(f) => f.call_async::<Value>(()).await,
                 Err(e) => Err(e),
             }
@@ -78,12 +87,21 @@ fn loaded_table(lua: &Lua) -> mlua::Result<Table> {
 
 /// The chunk name (project-relative path) of the function calling `require`.
 fn caller_chunk(lua: &Lua) -> Option<String> {
-    lua.inspect_stack(1, |d| d.source().source.map(|s| s.into_owned())).flatten().map(|s| {
-        s.strip_prefix('@').or_else(|| s.strip_prefix('=')).unwrap_or(&s).to_string()
-    })
+    lua.inspect_stack(1, |d| d.source().source.map(|s| s.into_owned()))
+        .flatten()
+        .map(|s| {
+            s.strip_prefix('@')
+                .or_else(|| s.strip_prefix('='))
+                .unwrap_or(&s)
+                .to_string()
+        })
 }
 
-fn resolve(ctx: &super::RunCtx, name: &str, caller: Option<&str>) -> Result<(String, Source), OpError> {
+fn resolve(
+    ctx: &super::RunCtx,
+    name: &str,
+    caller: Option<&str>,
+) -> Result<(String, Source), OpError> {
     if name.is_empty() {
         return Err(OpError::invalid("require: empty module name"));
     }
@@ -93,7 +111,10 @@ fn resolve(ctx: &super::RunCtx, name: &str, caller: Option<&str>) -> Result<(Str
         }
         let chunk = format!("stagecraft/{module}.luau");
         if let Some(text) = ctx.overlay.get(&chunk).cloned().or_else(|| {
-            STDLIB.get_file(&chunk).and_then(|f| f.contents_utf8()).map(str::to_string)
+            STDLIB
+                .get_file(&chunk)
+                .and_then(|f| f.contents_utf8())
+                .map(str::to_string)
         }) {
             return Ok((chunk.clone(), Source::Luau { chunk, text }));
         }
@@ -101,11 +122,15 @@ fn resolve(ctx: &super::RunCtx, name: &str, caller: Option<&str>) -> Result<(Str
         let hint = crate::util::did_you_mean(module, &known)
             .map(|s| format!("did you mean stagecraft/{s}?"))
             .unwrap_or_else(|| format!("available: {}", known.join(", ")));
-        return Err(OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(hint));
+        return Err(
+            OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(hint),
+        );
     }
     if name.starts_with('/') {
-        return Err(OpError::invalid(format!("require: absolute paths are not allowed ('{name}')"))
-            .hint("require modules by a path relative to the script, e.g. require(\"./lib/util\")"));
+        return Err(OpError::invalid(format!(
+            "require: absolute paths are not allowed ('{name}')"
+        ))
+        .hint("require modules by a path relative to the script, e.g. require(\"./lib/util\")"));
     }
     let rel = if name.starts_with("./") || name.starts_with("../") {
         let base = caller
@@ -113,17 +138,27 @@ fn resolve(ctx: &super::RunCtx, name: &str, caller: Option<&str>) -> Result<(Str
             .and_then(|c| Path::new(c).parent().map(Path::to_path_buf))
             .unwrap_or_default();
         normalize(&base.join(name)).ok_or_else(|| {
-            OpError::new(kinds::PERMISSION, format!("require: '{name}' leaves the project directory"))
-                .hint("modules must live inside the project")
+            OpError::new(
+                kinds::PERMISSION,
+                format!("require: '{name}' leaves the project directory"),
+            )
+            .hint("modules must live inside the project")
         })?
     } else {
         // An installed recipe package: NAME or NAME/sub.
         let (pkg, sub) = name.split_once('/').unwrap_or((name, "init"));
         if !valid_segment(pkg) {
-            return Err(OpError::invalid(format!("require: invalid module name '{name}'")));
+            return Err(OpError::invalid(format!(
+                "require: invalid module name '{name}'"
+            )));
         }
-        let rel = normalize(&Path::new(crate::project::STATE_DIR).join("recipes").join(pkg).join(sub))
-            .ok_or_else(|| OpError::invalid(format!("require: invalid module name '{name}'")))?;
+        let rel = normalize(
+            &Path::new(crate::project::STATE_DIR)
+                .join("recipes")
+                .join(pkg)
+                .join(sub),
+        )
+        .ok_or_else(|| OpError::invalid(format!("require: invalid module name '{name}'")))?;
         return find_file(ctx, &rel).ok_or_else(|| {
             OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(
                 "relative modules start with ./ or ../; stagecraft modules with stagecraft/; \
@@ -132,12 +167,20 @@ fn resolve(ctx: &super::RunCtx, name: &str, caller: Option<&str>) -> Result<(Str
         });
     };
     find_file(ctx, &rel).ok_or_else(|| {
-        OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}' (looked for {}[.luau|.lua|/init.luau])", rel.display()))
+        OpError::new(
+            kinds::NOT_FOUND,
+            format!(
+                "require: no module '{name}' (looked for {}[.luau|.lua|/init.luau])",
+                rel.display()
+            ),
+        )
     })
 }
 
 fn valid_segment(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resolve `.`/`..` lexically; `None` if the path climbs out of the root.
@@ -163,14 +206,27 @@ fn find_file(ctx: &super::RunCtx, rel: &Path) -> Option<(String, Source)> {
     let candidates = if base.ends_with(".luau") || base.ends_with(".lua") {
         vec![base.clone()]
     } else {
-        vec![format!("{base}.luau"), format!("{base}.lua"), format!("{base}/init.luau"), base.clone()]
+        vec![
+            format!("{base}.luau"),
+            format!("{base}.lua"),
+            format!("{base}/init.luau"),
+            base.clone(),
+        ]
     };
     for cand in candidates {
         if let Some(text) = ctx.overlay.get(&cand) {
-            return Some((cand.clone(), Source::Luau { chunk: cand, text: text.clone() }));
+            return Some((
+                cand.clone(),
+                Source::Luau {
+                    chunk: cand,
+                    text: text.clone(),
+                },
+            ));
         }
         let full = ctx.project.root.join(&cand);
-        let Ok(canon) = full.canonicalize() else { continue };
+        let Ok(canon) = full.canonicalize() else {
+            continue;
+        };
         if !canon.starts_with(&ctx.project.root) || !canon.is_file() {
             continue;
         }

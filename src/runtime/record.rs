@@ -55,13 +55,26 @@ fn call_json(op: &str, args: &str) -> Value {
 
 impl Replay {
     /// `calls`: (seq, task, op, args, result, error) in sequence order.
-    pub fn new(calls: Vec<(i64, String, String, String, Option<String>, Option<String>)>) -> Replay {
+    pub fn new(
+        calls: Vec<(i64, String, String, String, Option<String>, Option<String>)>,
+    ) -> Replay {
         let total = calls.len();
         let mut queues: HashMap<String, VecDeque<Recorded>> = HashMap::new();
         for (seq, task, op, args, result, error) in calls {
-            queues.entry(task).or_default().push_back(Recorded { seq, op, args, result, error });
+            queues.entry(task).or_default().push_back(Recorded {
+                seq,
+                op,
+                args,
+                result,
+                error,
+            });
         }
-        Replay { queues: Mutex::new(queues), total, matched: AtomicUsize::new(0), divergence: Mutex::new(None) }
+        Replay {
+            queues: Mutex::new(queues),
+            total,
+            matched: AtomicUsize::new(0),
+            divergence: Mutex::new(None),
+        }
     }
 
     fn diverge(&self, d: Divergence) -> OpError {
@@ -90,7 +103,10 @@ impl Replay {
             task: task.clone(),
             call: 0,
             seq: Some(rec.seq),
-            reason: format!("the script ended but {remaining} recorded call(s) were not made, first {}", rec.op),
+            reason: format!(
+                "the script ended but {remaining} recorded call(s) were not made, first {}",
+                rec.op
+            ),
             expected: Some(call_json(&rec.op, &rec.args)),
             actual: None,
         })
@@ -133,7 +149,11 @@ impl RunCtx {
                 t0: Instant::now(),
             })),
             Recorder::Replay(replay) => {
-                let next = replay.queues.lock().ok().and_then(|mut q| q.get_mut(&path).and_then(VecDeque::pop_front));
+                let next = replay
+                    .queues
+                    .lock()
+                    .ok()
+                    .and_then(|mut q| q.get_mut(&path).and_then(VecDeque::pop_front));
                 let Some(rec) = next else {
                     let err = replay.diverge(Divergence {
                         task: path,
@@ -147,7 +167,11 @@ impl RunCtx {
                     return Err(err);
                 };
                 if rec.op != op || rec.args != args {
-                    let what = if rec.op != op { "a different operation" } else { "different arguments" };
+                    let what = if rec.op != op {
+                        "a different operation"
+                    } else {
+                        "different arguments"
+                    };
                     let err = replay.diverge(Divergence {
                         task: path,
                         call: idx + 1,
@@ -172,7 +196,11 @@ impl RunCtx {
     }
 
     /// Record the outcome of a live call (scrubbed) and hand it back.
-    pub fn finish(&self, call: LiveCall, outcome: Result<Value, OpError>) -> Result<Value, OpError> {
+    pub fn finish(
+        &self,
+        call: LiveCall,
+        outcome: Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         if let Recorder::Live(writer) = &self.recorder {
             let (result, error) = match &outcome {
                 Ok(v) => {
@@ -219,7 +247,12 @@ impl RunCtx {
     }
 
     /// Record an asynchronous call.
-    pub async fn record<Fut>(&self, op: &'static str, args: Value, effect: impl FnOnce() -> Fut) -> Result<Value, OpError>
+    pub async fn record<Fut>(
+        &self,
+        op: &'static str,
+        args: Value,
+        effect: impl FnOnce() -> Fut,
+    ) -> Result<Value, OpError>
     where
         Fut: Future<Output = Result<Value, OpError>>,
     {
@@ -233,8 +266,17 @@ impl RunCtx {
     }
 
     /// Check a capability; the denial is the call's (recorded) outcome.
-    pub fn require(&self, op: &str, req: &super::caps::Request<'_>, cap: &str) -> Result<(), OpError> {
-        if self.grants.allows(req) { Ok(()) } else { Err(OpError::permission(op, cap)) }
+    pub fn require(
+        &self,
+        op: &str,
+        req: &super::caps::Request<'_>,
+        cap: &str,
+    ) -> Result<(), OpError> {
+        if self.grants.allows(req) {
+            Ok(())
+        } else {
+            Err(OpError::permission(op, cap))
+        }
     }
 
     /// Append a non-call entry (module loads).

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::RunCtx;
-use super::fault::{ErrorObject, OpError, find_op_error, kinds};
+use super::fault::{ErrorObject, OpError, find_op_error};
 use super::limits::memory_exceeded;
 use super::task::Failure;
 
@@ -63,13 +63,12 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
     // pcall/xpcall/coroutine.resume/close: re-raise a stopped run; structured errors for scripts.
     let check = {
         let ctx = ctx.clone();
-        let limit = memory_limit_mb;
         lua.create_function(move |lua, mut values: MultiValue| {
             ctx.stop.check().map_err(OpError::into_lua)?;
             if matches!(values.front(), Some(Value::Boolean(false))) {
                 if let Some(err) = values.get(1) {
                     if is_memory_error(err) {
-                        let e = memory_exceeded(limit);
+                        let e = memory_exceeded(ctx.stop.memory_mb());
                         ctx.stop.stop(e.clone());
                         return Err(e.into_lua());
                     }
@@ -81,10 +80,15 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         })?
     };
     let convert = lua.create_function(|lua, err: Value| convert_error(lua, err))?;
-    let (pcall_, xpcall_, resume_, close_): (Function, Function, Function, Function) = lua
-        .load(PRELUDE)
-        .set_name("=stagecraft/sandbox")
-        .call((raw_pcall, raw_xpcall.clone(), raw_resume, raw_close, check, convert))?;
+    let (pcall_, xpcall_, resume_, close_): (Function, Function, Function, Function) =
+        lua.load(PRELUDE).set_name("=stagecraft/sandbox").call((
+            raw_pcall,
+            raw_xpcall.clone(),
+            raw_resume,
+            raw_close,
+            check,
+            convert,
+        ))?;
     g.set("pcall", pcall_)?;
     g.set("xpcall", xpcall_)?;
     let co = lua.create_table()?;
@@ -110,7 +114,10 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         g.set(name, Value::Nil)?;
     }
     g.set("print", lua.create_function(print)?)?;
-    g.set("require", lua.create_async_function(super::loader::require)?)?;
+    g.set(
+        "require",
+        lua.create_async_function(super::loader::require)?,
+    )?;
 
     let capture = {
         let ctx = ctx.clone();
@@ -126,7 +133,10 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
             Ok(err)
         })?
     };
-    let runner: Function = lua.load(RUNNER).set_name("=stagecraft/runner").call(raw_xpcall)?;
+    let runner: Function = lua
+        .load(RUNNER)
+        .set_name("=stagecraft/runner")
+        .call(raw_xpcall)?;
 
     lua.sandbox(true)?;
     let stop_ctx = ctx.clone();
@@ -134,8 +144,14 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         Ok(()) => Ok(VmState::Continue),
         Err(e) => Err(e.into_lua()),
     });
-    lua.set_memory_limit(usize::try_from(memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX))?;
-    Ok(Built { lua, runner, capture })
+    lua.set_memory_limit(
+        usize::try_from(memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+    )?;
+    Ok(Built {
+        lua,
+        runner,
+        capture,
+    })
 }
 
 fn is_memory_error(v: &Value) -> bool {
@@ -159,27 +175,51 @@ fn convert_error(lua: &Lua, err: Value) -> mlua::Result<Value> {
 /// What ended a task, from the raised value.
 fn failure_of(ctx: &RunCtx, err: &Value, traceback: String) -> Failure {
     if let Some(reason) = ctx.stop.reason() {
-        return Failure { error: reason, structured: true, traceback };
+        return Failure {
+            error: reason,
+            structured: true,
+            traceback,
+        };
     }
     let (error, structured) = match err {
         Value::Error(e) => match find_op_error(e) {
             Some(op) => (op, true),
-            None if matches!(**e, mlua::Error::MemoryError(_)) => (OpError::new(kinds::LIMIT, "memory limit exceeded"), true),
-            None => (OpError::new("script_error", super::fault::message_of(e)), false),
+            None if matches!(**e, mlua::Error::MemoryError(_)) => {
+                (memory_exceeded(ctx.stop.memory_mb()), true)
+            }
+            None => (
+                OpError::new("script_error", super::fault::message_of(e)),
+                false,
+            ),
         },
         Value::UserData(ud) => match ud.borrow::<ErrorObject>() {
             Ok(obj) => (obj.0.clone(), true),
-            Err(_) => (OpError::new("script_error", err.to_string().unwrap_or_else(|_| "error object".into())), false),
+            Err(_) => (
+                OpError::new(
+                    "script_error",
+                    err.to_string().unwrap_or_else(|_| "error object".into()),
+                ),
+                false,
+            ),
         },
         Value::String(s) if s.to_str().is_ok_and(|s| s == "not enough memory") => {
-            (OpError::new(kinds::LIMIT, "memory limit exceeded"), true)
+            (memory_exceeded(ctx.stop.memory_mb()), true)
         }
         other => (
-            OpError::new("script_error", other.to_string().unwrap_or_else(|_| format!("(error object: {})", other.type_name()))),
+            OpError::new(
+                "script_error",
+                other
+                    .to_string()
+                    .unwrap_or_else(|_| format!("(error object: {})", other.type_name())),
+            ),
             false,
         ),
     };
-    Failure { error, structured, traceback }
+    Failure {
+        error,
+        structured,
+        traceback,
+    }
 }
 
 fn print(lua: &Lua, values: MultiValue) -> mlua::Result<()> {
@@ -207,9 +247,15 @@ pub fn tostring(lua: &Lua, v: &Value) -> mlua::Result<String> {
     }
 }
 
-fn recorded_number(ctx: &RunCtx, op: &'static str, live: impl FnOnce() -> f64) -> mlua::Result<f64> {
+fn recorded_number(
+    ctx: &RunCtx,
+    op: &'static str,
+    live: impl FnOnce() -> f64,
+) -> mlua::Result<f64> {
     let v = ctx
-        .record_sync(op, json!({}), || Ok(super::value::number(live()).unwrap_or(json!(0))))
+        .record_sync(op, json!({}), || {
+            Ok(super::value::number(live()).unwrap_or(json!(0)))
+        })
         .map_err(OpError::into_lua)?;
     Ok(v.as_f64().unwrap_or(0.0))
 }
@@ -240,7 +286,9 @@ fn build_os(lua: &Lua, orig: &Table) -> mlua::Result<Table> {
         "clock",
         lua.create_function(|lua, ()| {
             let ctx = super::ctx(lua)?;
-            recorded_number(&ctx, "os.clock", || super::limits::thread_cpu_time().as_secs_f64())
+            recorded_number(&ctx, "os.clock", || {
+                super::limits::thread_cpu_time().as_secs_f64()
+            })
         })?,
     )?;
     os.set(
@@ -288,7 +336,10 @@ fn build_math(lua: &Lua, orig: &Table) -> mlua::Result<Table> {
             }
             let v = ctx
                 .record_sync("math.random", json!({ "m": m, "n": n }), || {
-                    let mut rng = ctx.rng.lock().map_err(|_| OpError::new("internal", "rng poisoned"))?;
+                    let mut rng = ctx
+                        .rng
+                        .lock()
+                        .map_err(|_| OpError::new("internal", "rng poisoned"))?;
                     Ok(match (lo, hi) {
                         (Some(lo), Some(hi)) => json!(rng.random_range(lo..=hi)),
                         _ => json!(rng.random::<f64>()),

@@ -57,22 +57,32 @@ impl UserData for SecretHandle {
             )))
         });
         methods.add_meta_method(MetaMethod::Eq, |_, this, other: mlua::AnyUserData| {
-            Ok(other.borrow::<SecretHandle>().is_ok_and(|o| o.name == this.name && o.fingerprint == this.fingerprint))
+            Ok(other
+                .borrow::<SecretHandle>()
+                .is_ok_and(|o| o.name == this.name && o.fingerprint == this.fingerprint))
         });
     }
 }
 
 impl SecretStore {
     pub fn new(dotenv: BTreeMap<String, String>, key: Option<Arc<UserKey>>) -> Self {
-        SecretStore { values: Mutex::new(HashMap::new()), dotenv, scrubber: Arc::new(Scrubber::new()), key }
+        SecretStore {
+            values: Mutex::new(HashMap::new()),
+            dotenv,
+            scrubber: Arc::new(Scrubber::new()),
+            key,
+        }
     }
 
     /// Look a secret up (environment first, then `.env`), register it for scrubbing and return
     /// its handle. `Err` carries a message naming where it looked.
     pub fn load(&self, name: &str) -> Result<SecretHandle, String> {
-        let value = std::env::var(name).ok().or_else(|| self.dotenv.get(name).cloned()).ok_or_else(|| {
-            format!("secret {name} is not set in the environment or in the project's .env")
-        })?;
+        let value = std::env::var(name)
+            .ok()
+            .or_else(|| self.dotenv.get(name).cloned())
+            .ok_or_else(|| {
+                format!("secret {name} is not set in the environment or in the project's .env")
+            })?;
         if value.trim().len() < super::scrub::MIN_SECRET_LEN {
             return Err(format!(
                 "secret {name} is shorter than {} characters and could not be redacted reliably",
@@ -84,13 +94,19 @@ impl SecretStore {
         if let Ok(mut m) = self.values.lock() {
             m.insert(name.to_string(), value);
         }
-        Ok(SecretHandle { name: name.to_string(), fingerprint })
+        Ok(SecretHandle {
+            name: name.to_string(),
+            fingerprint,
+        })
     }
 
     /// HMAC of the value under the per-user key (stable across runs of the same user).
     pub fn fingerprint(&self, value: &str) -> String {
         match &self.key {
-            Some(k) => format!("hmac-sha256:{}", &k.sign("stagecraft-secret-v1", value.as_bytes())[..32]),
+            Some(k) => format!(
+                "hmac-sha256:{}",
+                &k.sign("stagecraft-secret-v1", value.as_bytes())[..32]
+            ),
             None => "unkeyed".to_string(),
         }
     }

@@ -28,7 +28,12 @@ pub struct TaskState {
 
 impl TaskState {
     pub fn new(path: String) -> Arc<TaskState> {
-        Arc::new(TaskState { path, calls: AtomicI64::new(0), groups: AtomicU64::new(0), failure: Mutex::new(None) })
+        Arc::new(TaskState {
+            path,
+            calls: AtomicI64::new(0),
+            groups: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        })
     }
     /// The next call index in this task (0-based).
     pub fn next_call(&self) -> i64 {
@@ -77,7 +82,11 @@ pub struct InTask<F> {
 
 impl<F: Future> InTask<F> {
     pub fn new(ctx: Arc<super::RunCtx>, state: Arc<TaskState>, fut: F) -> Self {
-        InTask { tasks: ctx, state, fut: Box::pin(fut) }
+        InTask {
+            tasks: ctx,
+            state,
+            fut: Box::pin(fut),
+        }
     }
 }
 

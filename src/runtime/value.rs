@@ -19,7 +19,10 @@ pub struct ToJson {
 
 impl Default for ToJson {
     fn default() -> Self {
-        ToJson { max_depth: DEFAULT_MAX_DEPTH, secrets: true }
+        ToJson {
+            max_depth: DEFAULT_MAX_DEPTH,
+            secrets: true,
+        }
     }
 }
 
@@ -32,7 +35,12 @@ fn path_or_root(path: &str) -> &str {
     if path.is_empty() { "the value" } else { path }
 }
 
-fn convert(value: &LuaValue, opts: ToJson, depth: usize, path: &mut String) -> Result<Value, String> {
+fn convert(
+    value: &LuaValue,
+    opts: ToJson,
+    depth: usize,
+    path: &mut String,
+) -> Result<Value, String> {
     if depth > opts.max_depth {
         return Err(format!(
             "{} is nested deeper than {} levels (a cycle?)",
@@ -44,9 +52,8 @@ fn convert(value: &LuaValue, opts: ToJson, depth: usize, path: &mut String) -> R
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
         LuaValue::Integer(i) => Value::Number((*i).into()),
-        LuaValue::Number(n) => number(*n).ok_or_else(|| {
-            format!("{} is {n}, which has no JSON form", path_or_root(path))
-        })?,
+        LuaValue::Number(n) => number(*n)
+            .ok_or_else(|| format!("{} is {n}, which has no JSON form", path_or_root(path)))?,
         LuaValue::String(s) => Value::String(s.to_string_lossy()),
         LuaValue::Table(t) => table(t, opts, depth, path)?,
         LuaValue::UserData(ud) => {
@@ -61,12 +68,20 @@ fn convert(value: &LuaValue, opts: ToJson, depth: usize, path: &mut String) -> R
             } else if let Ok(e) = ud.borrow::<super::ErrorObject>() {
                 serde_json::to_value(&e.0).unwrap_or(Value::Null)
             } else {
-                return Err(format!("{} is a {} handle, which cannot be encoded", path_or_root(path), type_name(value)));
+                return Err(format!(
+                    "{} is a {} handle, which cannot be encoded",
+                    path_or_root(path),
+                    type_name(value)
+                ));
             }
         }
         LuaValue::LightUserData(p) if p.0.is_null() => Value::Null,
         other => {
-            return Err(format!("{} is a {}, which cannot be encoded", path_or_root(path), type_name(other)));
+            return Err(format!(
+                "{} is a {}, which cannot be encoded",
+                path_or_root(path),
+                type_name(other)
+            ));
         }
     })
 }
@@ -116,11 +131,20 @@ fn table(t: &Table, opts: ToJson, depth: usize, path: &mut String) -> Result<Val
             LuaValue::Integer(i) => i.to_string(),
             LuaValue::Number(n) => match number(*n) {
                 Some(num) => num.to_string(),
-                None => return Err(format!("{} has the key {n}, which has no JSON form", path_or_root(path))),
+                None => {
+                    return Err(format!(
+                        "{} has the key {n}, which has no JSON form",
+                        path_or_root(path)
+                    ));
+                }
             },
             LuaValue::Boolean(b) => b.to_string(),
             other => {
-                return Err(format!("{} has a {} key, which cannot be encoded", path_or_root(path), other.type_name()));
+                return Err(format!(
+                    "{} has a {} key, which cannot be encoded",
+                    path_or_root(path),
+                    other.type_name()
+                ));
             }
         };
         let mark = path.len();

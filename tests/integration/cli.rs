@@ -1,0 +1,87 @@
+//! Tests: the command line itself (help, usage errors, exit codes, JSON output).
+
+use crate::harness::Project;
+
+#[test]
+fn help_lists_commands_and_exit_codes() {
+    let p = Project::new();
+    p.run(&["--help"])
+        .ok()
+        .stdout_has("run")
+        .stdout_has("replay")
+        .stdout_has("ledger")
+        .stdout_has("Exit codes:");
+    p.run(&["run", "--help"])
+        .ok()
+        .stdout_has("--allow")
+        .stdout_has("--cpu-limit")
+        .stdout_has("--memory-limit")
+        .stdout_has("--timeout");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let p = Project::new();
+    p.run(&["run"]).code(2);
+    p.run(&["run", "missing.luau"])
+        .code(2)
+        .stderr_has("cannot read script missing.luau");
+    p.script("return 1", &["--allow", "exce:curl"])
+        .code(2)
+        .stderr_has("did you mean 'exec'");
+}
+
+#[test]
+fn args_reach_the_script() {
+    let p = Project::new();
+    p.script(
+        "local a = ... print(a[1], a[2], a.env, #a)",
+        &["one", "two", "env=prod"],
+    )
+    .ok()
+    .stdout_is("one\ttwo\tprod\t2\n");
+}
+
+#[test]
+fn json_outcome() {
+    let p = Project::new();
+    let out = p
+        .script("print('to stderr') return { n = 42 }", &["--json"])
+        .ok();
+    let v = out.json();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["result"]["n"], 42);
+    assert!(out.stderr.contains("to stderr"));
+}
+
+#[test]
+fn script_error_names_file_and_line_with_traceback_and_hint() {
+    let p = Project::new();
+    p.script(
+        "local function boom()\n  error('kaput')\nend\nboom()\n",
+        &[],
+    )
+    .code(1)
+    .stderr_has("error: script.luau:2: kaput")
+    .stderr_has("stack traceback:")
+    .stderr_has("script.luau:4")
+    .stderr_has("hint:");
+}
+
+#[test]
+fn syntax_error_names_position() {
+    let p = Project::new();
+    p.script("local x = = 1\n", &[])
+        .code(1)
+        .stderr_has("script.luau:1");
+}
+
+#[test]
+fn config_errors_name_file_and_line() {
+    let p = Project::new();
+    p.write("stagecraft.yml", "name: x\npermisions:\n  - exec\n");
+    p.script("return 1", &[])
+        .code(2)
+        .stderr_has("stagecraft.yml")
+        .stderr_has("permisions");
+}

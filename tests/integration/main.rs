@@ -1,0 +1,11 @@
+//! The one integration-test binary. Each module covers one area; all share `harness`.
+
+mod harness;
+
+mod cli;
+mod examples;
+mod hostile;
+mod ledger;
+mod replay;
+mod secrets;
+mod specs;
