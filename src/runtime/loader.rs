@@ -85,16 +85,18 @@ fn loaded_table(lua: &Lua) -> mlua::Result<Table> {
     }
 }
 
-/// The chunk name (project-relative path) of the function calling `require`.
+/// The chunk name (project-relative path) of the Lua function calling `require`: the nearest
+/// frame loaded from a file (`@name`), skipping C frames and mlua's async trampoline.
 fn caller_chunk(lua: &Lua) -> Option<String> {
-    lua.inspect_stack(1, |d| d.source().source.map(|s| s.into_owned()))
-        .flatten()
-        .map(|s| {
-            s.strip_prefix('@')
-                .or_else(|| s.strip_prefix('='))
-                .unwrap_or(&s)
-                .to_string()
-        })
+    for level in 1..16 {
+        let source = lua.inspect_stack(level, |d| d.source().source.map(|s| s.into_owned()))?;
+        if let Some(s) = source
+            && let Some(name) = s.strip_prefix('@')
+        {
+            return Some(name.to_string());
+        }
+    }
+    None
 }
 
 fn resolve(

@@ -1,0 +1,113 @@
+//! Tests: stagecraft/ledger, stagecraft/log, recorded os/math functions, require rules.
+
+use crate::harness::Project;
+
+#[test]
+fn ledger_module_queries_past_runs() {
+    let p = Project::new();
+    p.write("ok.luau", "return 1");
+    p.write("bad.luau", "error('x')");
+    p.run(&["run", "ok.luau"]).ok();
+    p.run(&["run", "bad.luau"]).code(1);
+    let src = r#"local ledger = require("stagecraft/ledger")
+local last_ok = ledger.last({ script = "ok.luau", status = "ok" })
+print(last_ok.script, last_ok.status, last_ok.exit_code)
+local failed = ledger.last({ status = "failed" })
+print(failed.script)
+print(#ledger.runs({ limit = 10 }))
+print(ledger.last({ script = "nope.luau" }))
+local one = ledger.run(last_ok.id)
+print(one.id == last_ok.id)
+"#;
+    p.script(src, &[])
+        .ok()
+        .stdout_is("ok.luau\tok\t0\nbad.luau\n2\nnil\ntrue\n");
+    // The answers are recorded: replay gives them back even after more runs.
+    p.run(&["run", "ok.luau"]).ok();
+    p.run(&["replay", "last"]).ok();
+}
+
+#[test]
+fn log_levels_go_to_stderr() {
+    let p = Project::new();
+    let out = p.script("local log = require('stagecraft/log') log.debug('d') log.info('i', 1) log.warn('w') log.error('e')", &[]).ok();
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr.contains(" INFO i 1\n")
+            && out.stderr.contains(" WARN w\n")
+            && out.stderr.contains("ERROR e\n")
+    );
+    assert!(!out.stderr.contains("DEBUG"));
+    p.cmd(&["run", "script.luau"])
+        .env("STAGECRAFT_LOG", "debug")
+        .output()
+        .ok()
+        .stderr_has("DEBUG d");
+}
+
+#[test]
+fn time_and_random_are_recorded_and_replayed() {
+    let p = Project::new();
+    let src = "print(os.time(), os.date('!%Y'), math.random(1, 1000000), math.random() < 1, os.clock() >= 0)";
+    let live = p.script(src, &[]).ok();
+    let replay = p.run(&["replay", "last"]).ok();
+    // Replay prints script output on stderr (stdout is kept for reports).
+    assert_eq!(replay.stderr.lines().next(), live.stdout.lines().next());
+    p.script("math.random(5, 1)", &[])
+        .code(1)
+        .stderr_has("interval is empty");
+}
+
+#[test]
+fn require_rules() {
+    let p = Project::new();
+    p.write(
+        "lib/util.luau",
+        "local M = {} function M.twice(x) return x * 2 end return M",
+    );
+    p.write("lib/uses.luau", "return require('./util').twice(21)");
+    p.script(
+        "print(require('./lib/uses'), require('./lib/util').twice(2))",
+        &[],
+    )
+    .ok()
+    .stdout_is("42\t4\n");
+    p.script("require('stagecraft/exce')", &[])
+        .code(1)
+        .stderr_has("did you mean stagecraft/exec?");
+    p.script("require('./missing')", &[])
+        .code(1)
+        .stderr_has("no module './missing'");
+    p.write("a.luau", "return require('./b')");
+    p.write("b.luau", "return require('./a')");
+    p.script("require('./a')", &[])
+        .code(1)
+        .stderr_has("cyclic require");
+}
+
+#[test]
+fn structured_errors_after_pcall() {
+    let p = Project::new();
+    let src = r#"local ok, err = pcall(require("stagecraft/fs").write, "x.txt", "data")
+print(ok, err.kind, err.message, err.hint ~= nil, tostring(err) == err.message)
+"#;
+    p.script(src, &[])
+        .ok()
+        .stdout_is("false\tpermission_denied\tpermission denied: fs.write needs capability fs-write (grant with --allow fs-write or in stagecraft.yml)\ttrue\ttrue\n");
+}
+
+#[test]
+fn project_permissions_come_from_stagecraft_yml() {
+    let p = Project::new();
+    p.write(
+        "stagecraft.yml",
+        "name: t\npermissions:\n  - fs-write\n  - exec:sh\n",
+    );
+    p.script("require('stagecraft/fs').write('out.txt', 'hi') print(require('stagecraft/exec').run({'sh','-c','cat out.txt'}).stdout)", &[])
+        .ok()
+        .stdout_is("hi\n");
+    p.write("stagecraft.yml", "permissions:\n  - exec:sh\n  - bogus\n");
+    p.script("return 1", &[])
+        .code(2)
+        .stderr_has("unknown capability 'bogus'");
+}
