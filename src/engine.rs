@@ -18,7 +18,7 @@ use crate::project::Project;
 use crate::runtime::caps::{Capability, Grants};
 use crate::runtime::fault::{OpError, kinds};
 use crate::runtime::limits::{self, Stop};
-use crate::runtime::record::{Divergence, Recorder, Replay};
+use crate::runtime::record::{self, Divergence, Recorder, Replay};
 use crate::runtime::secrets::SecretStore;
 use crate::runtime::task::{Failure, InTask, TaskState, Tasks};
 use crate::runtime::{RunCtx, sandbox};
@@ -155,12 +155,27 @@ fn args_table(lua: &mlua::Lua, args: &[String]) -> mlua::Result<mlua::Table> {
 }
 
 fn user_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| {
-            // SAFETY: getuid has no preconditions.
-            format!("uid{}", unsafe { libc::getuid() })
-        })
+    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
+        && !u.is_empty()
+    {
+        return u;
+    }
+    // SAFETY: getuid has no preconditions; getpwuid_r writes only into the buffers we pass.
+    unsafe {
+        let uid = libc::getuid();
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) == 0
+            && !result.is_null()
+            && !pwd.pw_name.is_null()
+        {
+            return std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+        format!("uid{uid}")
+    }
 }
 
 fn host_name() -> String {
@@ -250,10 +265,13 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         duration_us: 0,
     });
 
+    let secrets = SecretStore::new(dotenv, Some(key.clone()));
+    let (any_secret, secret_names) = grants.secret_scopes();
+    secrets.preload(any_secret, &secret_names);
     let ctx = Arc::new(RunCtx {
         project: Arc::new(project),
         grants,
-        secrets: SecretStore::new(dotenv, Some(key.clone())),
+        secrets,
         run_id: run_id.clone(),
         recorder: Recorder::Live(writer.clone()),
         stop: Stop::new(
@@ -316,7 +334,9 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
             structured: true,
             traceback: String::new(),
         })?;
+    limits::install_signal_flag();
     rt.block_on(async {
+        let signals = shutdown_signal();
         let fail = |e: OpError| Failure {
             error: e,
             structured: true,
@@ -359,7 +379,7 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                 if let Some(w) = wall { ctx.stop.stop(limits::wall_exceeded(w)); }
                 None
             }
-            _ = shutdown_signal() => {
+            _ = signals => {
                 ctx.stop.stop(OpError::new(kinds::INTERRUPTED, "interrupted by a signal"));
                 None
             }
@@ -412,17 +432,22 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The streams are created before the script starts, so a
+/// signal that arrives early is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let streams = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -467,15 +492,19 @@ fn clean_traceback(tb: &str) -> Vec<String> {
 fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) -> Outcome {
     let duration_ms = started.elapsed().as_millis();
     match result {
-        Ok(v) => Outcome {
-            run_id: run_id.to_string(),
-            status: Status::Ok,
-            exit_code: 0,
-            duration_ms,
-            error: None,
-            error_message: None,
-            result: Some(v),
-        },
+        Ok(mut v) => {
+            // The return value is printed by `--json`: scrubbed like every other output.
+            ctx.secrets.scrubber.scrub_json(&mut v);
+            Outcome {
+                run_id: run_id.to_string(),
+                status: Status::Ok,
+                exit_code: 0,
+                duration_ms,
+                error: None,
+                error_message: None,
+                result: Some(v),
+            }
+        }
         Err(f) => {
             let kind = f.error.cli_kind();
             let status = match kind {
@@ -612,7 +641,10 @@ pub fn replay(
     let run_id = query::resolve_run(&conn, run)?;
     let recorded = query::get_run(&conn, &paths, &run_id)?;
     let script = recorded_script(&conn, &run_id, &project, new_script)?;
-    let replay = Replay::new(query::raw_calls(&conn, &run_id)?);
+    // A run that was killed or interrupted (or is still running) stopped at an arbitrary point:
+    // its replay ends where the recording ends instead of diverging there.
+    let ends_early = !matches!(recorded.status.as_str(), "ok" | "failed");
+    let replay = Replay::new(query::raw_calls(&conn, &run_id)?, ends_early);
     drop(conn);
     let recorded_calls = replay.total;
     let ctx = Arc::new(RunCtx {
@@ -620,7 +652,7 @@ pub fn replay(
         grants: Grants::new(false, Vec::new()),
         secrets: SecretStore::new(Default::default(), None),
         run_id: Arc::from(format!("replay-of-{run_id}")),
-        recorder: Recorder::Replay(replay),
+        recorder: Recorder::Replay(Box::new(replay)),
         stop: Stop::new(
             cpu_limit(settings),
             settings.timeout.map(Duration::from_secs_f64),
@@ -633,17 +665,26 @@ pub fn replay(
         print_to_stderr: true,
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(0)),
     });
-    let started = Instant::now();
-    let result = execute(&ctx, &script, settings.memory_limit_mb);
-    let outcome = outcome_of(&ctx, &run_id, result, started);
     let Recorder::Replay(replay) = &ctx.recorder else {
         return Err(Error::new(
             Kind::Ledger,
             "internal: replay recorder missing",
         ));
     };
+    if replay.ends_early() && replay.exhausted() {
+        // Nothing was recorded before the run stopped: nothing to replay.
+        ctx.stop.stop(record::recording_end());
+    }
+    let started = Instant::now();
+    let result = execute(&ctx, &script, settings.memory_limit_mb);
+    let outcome = outcome_of(&ctx, &run_id, result, started);
+    let reached_end = ctx
+        .stop
+        .reason()
+        .is_some_and(|r| r.kind == record::RECORDING_END);
+    let stopped = matches!(outcome.status, Status::Killed | Status::Interrupted);
     let mut divergence = replay.divergence.lock().ok().and_then(|d| d.clone());
-    if divergence.is_none() && outcome.status != Status::Killed {
+    if divergence.is_none() && !reached_end && !stopped {
         divergence = replay.missing();
     }
     let error = match &divergence {
@@ -651,15 +692,23 @@ pub fn replay(
             Error::new(Kind::Divergence, format!("replay of {run_id} diverged at call {} of task {}: {}", d.call, d.task, d.reason))
                 .with_hint("the script or its inputs changed since the recording; `stagecraft replay RUN --live` records a fresh run"),
         ),
-        None => outcome.error.clone().filter(|_| outcome.status == Status::Killed),
+        None if reached_end => None,
+        None => outcome.error.clone().filter(|_| stopped),
+    };
+    // Reaching the end of a recording that ended early is how that replay ends: report the
+    // recorded status, not the internal stop.
+    let (status, error_message) = match recorded.status.as_str() {
+        "killed" if reached_end => (Status::Killed, None),
+        _ if reached_end => (Status::Interrupted, None),
+        _ => (outcome.status, outcome.error_message.clone()),
     };
     Ok(ReplayReport {
         run_id,
         recorded_calls,
         matched_calls: replay.matched.load(std::sync::atomic::Ordering::Relaxed),
         divergence,
-        status: outcome.status,
-        error_message: outcome.error_message.clone(),
+        status,
+        error_message,
         recorded_status: recorded.status,
         error,
     })

@@ -167,10 +167,13 @@ async fn write(
     let ctx = ctx(&lua)?;
     let o: WriteOpts = opts("fs.write", o)?;
     let content = content.as_bytes().to_vec();
-    let digest = crate::ledger::sha256_hex(&content);
+    // Recorded by the digest of the scrubbed content: no secret (not even its hash) reaches the
+    // ledger, and replay (which sees scrubbed values) computes the same arguments.
+    let scrubbed = ctx.secrets.scrubber.scrub_bytes(&content);
+    let digest = crate::ledger::sha256_hex(&scrubbed);
     ctx.record(
         "fs.write",
-        json!({ "path": path, "sha256": digest, "bytes": content.len(), "append": o.append, "mode": o.mode }),
+        json!({ "path": path, "sha256": digest, "bytes": scrubbed.len(), "append": o.append, "mode": o.mode }),
         || async {
             need_write(&ctx, "fs.write")?;
             let full = confine(&ctx, "fs.write", &path, Access::Write)?;

@@ -25,6 +25,25 @@ pub struct Limits {
     pub indent: bool,
 }
 
+/// The most `max_depth` may be raised to: encoding and decoding recurse per level, and a deeper
+/// document would overflow the native stack (a crash, not an error).
+pub const MAX_DEPTH_CAP: usize = 1000;
+
+impl Limits {
+    /// Parse the options table of `func`, refusing a `max_depth` above [`MAX_DEPTH_CAP`].
+    pub fn parse(func: &str, o: Option<Value>) -> mlua::Result<Limits> {
+        let l: Limits = opts(func, o)?;
+        if l.max_depth > MAX_DEPTH_CAP {
+            return Err(OpError::invalid(format!(
+                "{func}: max_depth must be at most {MAX_DEPTH_CAP} (got {})",
+                l.max_depth
+            ))
+            .into_lua());
+        }
+        Ok(l)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -36,7 +55,7 @@ impl Default for Limits {
 }
 
 fn encode(_: &Lua, (value, o): (Value, Option<Value>)) -> mlua::Result<String> {
-    let l: Limits = opts("json.encode", o)?;
+    let l = Limits::parse("json.encode", o)?;
     let v = to_json(
         &value,
         ToJson {
@@ -88,7 +107,7 @@ pub fn depth_of(text: &str) -> usize {
 }
 
 fn decode(lua: &Lua, (text, o): (mlua::LuaString, Option<Value>)) -> mlua::Result<Value> {
-    let l: Limits = opts("json.decode", o)?;
+    let l = Limits::parse("json.decode", o)?;
     let bytes = text.as_bytes();
     if bytes.len() > l.max_size {
         return Err(OpError::invalid(format!(

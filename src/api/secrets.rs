@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::runtime::caps::Request;
 use crate::runtime::ctx;
-use crate::runtime::fault::{OpError, kinds};
+use crate::runtime::fault::OpError;
 use crate::runtime::secrets::SecretHandle;
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
@@ -33,9 +33,9 @@ fn get(lua: &Lua, name: String) -> mlua::Result<SecretHandle> {
                 &Request::Secret(&name),
                 &format!("secrets:{name}"),
             )?;
-            let handle = ctx.secrets.load(&name).map_err(|m| {
-                OpError::new(kinds::NOT_FOUND, format!("secrets.get: {m}"))
-                    .hint(format!("export {name}=... or add it to the project's .env"))
+            let handle = ctx.secrets.load(&name).map_err(|e| OpError {
+                message: format!("secrets.get: {}", e.message),
+                ..e
             })?;
             Ok(handle.reference())
         })

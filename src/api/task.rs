@@ -95,10 +95,14 @@ async fn parallel(lua: Lua, fns: Table) -> mlua::Result<Table> {
         match v? {
             Value::Function(f) => list.push(f),
             other => {
+                // Luau has one number type; mlua calls integral ones "integer".
+                let type_name = match other {
+                    Value::Integer(_) => "number",
+                    ref v => v.type_name(),
+                };
                 return Err(OpError::invalid(format!(
-                    "task.parallel: item {} is a {}, expected a function",
+                    "task.parallel: item {} is a {type_name}, expected a function",
                     i + 1,
-                    other.type_name()
                 ))
                 .into_lua());
             }

@@ -87,6 +87,6 @@ impl UserKey {
         mac.update(domain.as_bytes());
         mac.update(&[0]);
         mac.update(data);
-        hex::encode(mac.finalize().into_bytes())
+        super::to_hex(&mac.finalize().into_bytes())
     }
 }

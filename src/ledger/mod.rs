@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS entries (
     key_id TEXT NOT NULL,
     mac TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_run ON entries(run_id, seq);
+CREATE INDEX IF NOT EXISTS entries_run ON entries(run_id, kind, seq);
 CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, seq);
 CREATE TABLE IF NOT EXISTS sources (sha256 TEXT PRIMARY KEY, content BLOB NOT NULL);
 CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
@@ -139,11 +139,13 @@ pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
             .map_err(|e| Error::ledger(format!("cannot create {}: {e}", dir.display())))?;
     }
     let flags = if create {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-    } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(&paths.db, flags)
+    let mut conn = Connection::open_with_flags(&paths.db, flags)
         .map_err(|e| Error::ledger(format!("cannot open ledger {}: {e}", paths.db.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -155,16 +157,20 @@ pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
     )?;
     if !has_schema {
         let _lock = FileLock::acquire(&paths.lock())?;
-        conn.execute_batch(SCHEMA)?;
+        // One transaction: another process sees no schema or the whole of it with its ledger id,
+        // never an `entries` table without `meta` (two runs starting on a fresh project at once).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
         let id = crate::util::sortable_id();
-        conn.execute(
+        tx.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('ledger_id', ?1)",
             [&id],
         )?;
-        conn.execute(
+        tx.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
             [],
         )?;
+        tx.commit()?;
         // A checkpoint for the empty chain, so a deleted head file is always noticed.
         if !paths.head().exists() {
             let key = key::UserKey::load_or_create()?;
@@ -199,9 +205,10 @@ pub struct EntryFields<'a> {
 }
 
 impl EntryFields<'_> {
-    /// sha256(prev_hash || "\n" || canonical(fields)), hex.
+    /// sha256(prev_hash || "\n" || canonical(fields)), hex. The canonical form is the compact
+    /// JSON array of the fields in declaration order, streamed straight into the hasher.
     pub fn hash(&self, prev_hash: &str) -> String {
-        let canonical = serde_json::json!([
+        let fields = (
             self.seq,
             self.run_id,
             self.kind,
@@ -212,16 +219,40 @@ impl EntryFields<'_> {
             self.result,
             self.error,
             self.started_at,
-            self.duration_us
-        ]);
-        let mut h = Sha256::new();
-        h.update(prev_hash.as_bytes());
-        h.update(b"\n");
-        h.update(canonical.to_string().as_bytes());
-        hex::encode(h.finalize())
+            self.duration_us,
+        );
+        let mut h = HashWriter(Sha256::new());
+        h.0.update(prev_hash.as_bytes());
+        h.0.update(b"\n");
+        // Writing into a hasher cannot fail, and these field types always serialise.
+        let _ = serde_json::to_writer(&mut h, &fields);
+        to_hex(&h.0.finalize())
     }
 }
 
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Lowercase hex without per-character allocation.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    to_hex(&Sha256::digest(data))
 }

@@ -72,7 +72,8 @@ pub fn resolve_run(conn: &Connection, run: &str) -> Result<String> {
 
 const SUMMARY_SQL: &str = "SELECT s.run_id, s.args, s.started_at, e.result, e.started_at, \
      (SELECT count(*) FROM entries c WHERE c.run_id = s.run_id AND c.kind = 'call') \
-     FROM entries s LEFT JOIN entries e ON e.run_id = s.run_id AND e.kind = 'run.end' \
+     FROM entries s LEFT JOIN entries e ON e.seq = (SELECT min(x.seq) FROM entries x \
+     WHERE x.run_id = s.run_id AND x.kind = 'run.end') \
      WHERE s.kind = 'run.start'";
 
 fn summary_from_row(paths: &LedgerPaths, r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
@@ -153,11 +154,11 @@ pub fn entries(conn: &Connection, run_id: &str) -> Result<Vec<EntryRow>> {
     Ok(rows)
 }
 
-/// Raw call entries of a run for replay: (task, idx, op, args text, result text, error text).
-pub fn raw_calls(
-    conn: &Connection,
-    run_id: &str,
-) -> Result<Vec<(i64, String, String, String, Option<String>, Option<String>)>> {
+/// One recorded call for replay: (seq, task, op, args text, result text, error text).
+pub type RawCall = (i64, String, String, String, Option<String>, Option<String>);
+
+/// Raw call entries of a run for replay, in sequence order.
+pub fn raw_calls(conn: &Connection, run_id: &str) -> Result<Vec<RawCall>> {
     let mut stmt = conn.prepare(
         "SELECT seq, task, op, args, result, error FROM entries \
          WHERE run_id = ?1 AND kind = 'call' ORDER BY seq",

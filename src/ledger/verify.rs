@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::key::UserKey;
 use super::writer::checkpoint_message;
-use super::{EntryFields, GENESIS, LedgerPaths, TRIGGERS, sha256_hex};
+use super::{EntryFields, FileLock, GENESIS, LedgerPaths, TRIGGERS, sha256_hex};
 use crate::error::Result;
 
 #[derive(Debug, Serialize)]
@@ -67,6 +67,16 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
         report.problems.push(msg);
     };
 
+    // One consistent view: the head is read under the writers' lock while our read snapshot
+    // starts, so a run committing meanwhile cannot make the head look ahead of the database.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
+    let checkpoint = {
+        let _lock = FileLock::acquire(&paths.lock()).ok();
+        conn.query_row("SELECT max(seq) FROM entries", [], |_| Ok(()))?;
+        read_checkpoint(paths)
+    };
+
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if integrity != "ok" {
         bad(
@@ -99,6 +109,8 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
     let mut prev = GENESIS.to_string();
     let mut first_foreign: Option<i64> = None;
     let mut hashes_at: Vec<(i64, String)> = Vec::new();
+    // Recorded source -> the first entry that refers to it (run.start or module).
+    let mut source_refs: std::collections::BTreeMap<String, i64> = Default::default();
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let run_id: String = r.get(1)?;
@@ -163,6 +175,19 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
             report.foreign_signatures += 1;
             first_foreign.get_or_insert(seq);
         }
+        if kind == "run.start" || kind == "module" {
+            let field = if kind == "module" {
+                "sha256"
+            } else {
+                "script_sha256"
+            };
+            if let Some(sha) = serde_json::from_str::<serde_json::Value>(&args)
+                .ok()
+                .and_then(|v| v.get(field)?.as_str().map(str::to_string))
+            {
+                source_refs.entry(sha).or_insert(seq);
+            }
+        }
         hashes_at.push((seq, hash.clone()));
         prev = hash;
         expected_seq = seq + 1;
@@ -176,16 +201,26 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
     while let Some(r) = srows.next()? {
         let sha: String = r.get(0)?;
         let content: Vec<u8> = r.get(1)?;
+        let referenced_by = source_refs.remove(&sha);
         if sha256_hex(&content) != sha {
             bad(
                 &mut report,
-                None,
+                referenced_by,
                 format!("recorded source {sha} was modified"),
             );
         }
     }
+    drop(srows);
+    drop(src);
+    if let Some((sha, seq)) = source_refs.into_iter().min_by_key(|(_, seq)| *seq) {
+        bad(
+            &mut report,
+            Some(seq),
+            format!("recorded source {sha} (used by entry {seq}) is missing"),
+        );
+    }
 
-    match read_checkpoint(paths) {
+    match checkpoint {
         Err(e) => bad(&mut report, Some(1), e),
         Ok(cp) => {
             report.checkpoint_seq = Some(cp.seq);
@@ -207,9 +242,10 @@ pub fn verify(conn: &Connection, paths: &LedgerPaths, key: &UserKey) -> Result<R
                     "head checkpoint signature is invalid (forged checkpoint)".into(),
                 );
             } else if cp.ledger_id != ledger_id {
+                // Nothing in this database is vouched for by the head: suspect it from entry 1.
                 bad(
                     &mut report,
-                    None,
+                    Some(1),
                     "head checkpoint belongs to another ledger (database replaced)".into(),
                 );
             } else if cp.seq > last_seq {

@@ -41,6 +41,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     flushed: Condvar,
+    /// Signalled when the writer takes the queue (see `MAX_QUEUED`).
+    drained: Condvar,
 }
 
 pub struct Writer {
@@ -50,6 +52,10 @@ pub struct Writer {
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// At most this many entries wait for the writer: a script making calls faster than they can be
+/// committed is held back, so the ledger never lags far behind the run (nor grows in memory).
+pub const MAX_QUEUED: usize = 4096;
+
 impl Writer {
     /// Start the writer thread on its own connection.
     pub fn start(paths: LedgerPaths, conn: Connection, key: Arc<UserKey>) -> Result<Writer> {
@@ -58,6 +64,7 @@ impl Writer {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             flushed: Condvar::new(),
+            drained: Condvar::new(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -71,8 +78,18 @@ impl Writer {
     }
 
     pub fn push(&self, entry: Pending) {
-        if let Ok(mut st) = self.shared.state.lock() {
-            st.entries.push(entry);
+        let Ok(mut st) = self.shared.state.lock() else {
+            return;
+        };
+        st.entries.push(entry);
+        if st.entries.len() >= MAX_QUEUED {
+            self.shared.wake.notify_one();
+            while st.entries.len() >= MAX_QUEUED && !st.stop {
+                st = match self.shared.drained.wait(st) {
+                    Ok(g) => g,
+                    Err(_) => return,
+                };
+            }
         }
     }
 
@@ -144,18 +161,20 @@ fn writer_loop(
             let Ok(mut st) = shared.state.lock() else {
                 return;
             };
-            if st.requested == st.done && !st.stop {
+            if st.requested == st.done && !st.stop && st.entries.len() < MAX_QUEUED {
                 st = match shared.wake.wait_timeout(st, FLUSH_INTERVAL) {
                     Ok((g, _)) => g,
                     Err(_) => return,
                 };
             }
-            (
+            let taken = (
                 std::mem::take(&mut st.entries),
                 std::mem::take(&mut st.sources),
                 st.requested,
                 st.stop,
-            )
+            );
+            shared.drained.notify_all();
+            taken
         };
         let outcome = if entries.is_empty() && sources.is_empty() {
             Ok(())
@@ -209,7 +228,18 @@ pub fn append(
              duration_us, prev_hash, hash, key_id, mac) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
+        // A run ends once: runs starting together may each sweep the same dead run.
+        let mut ended = std::collections::HashSet::new();
+        let mut has_end = tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE run_id = ?1 AND kind = 'run.end')",
+        )?;
         for e in entries {
+            if e.kind == "run.end"
+                && (!ended.insert(e.run_id.clone())
+                    || has_end.query_row([&*e.run_id], |r| r.get::<_, bool>(0))?)
+            {
+                continue;
+            }
             seq += 1;
             let fields = EntryFields {
                 seq,

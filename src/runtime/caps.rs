@@ -111,6 +111,19 @@ impl Grants {
         self.path_env.as_deref()
     }
 
+    /// Secrets the run may load: (any secret at all, the names granted one by one).
+    pub fn secret_scopes(&self) -> (bool, Vec<String>) {
+        let mut any = self.all;
+        let mut names = Vec::new();
+        for c in self.caps.iter().filter(|c| c.name == "secrets") {
+            match &c.scope {
+                Some(s) => names.push(s.clone()),
+                None => any = true,
+            }
+        }
+        (any, names)
+    }
+
     /// Whether the request is granted.
     pub fn allows(&self, req: &Request<'_>) -> bool {
         if self.all {

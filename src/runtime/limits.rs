@@ -8,6 +8,24 @@ use std::time::{Duration, Instant};
 
 use super::fault::{OpError, kinds};
 
+/// Set by the SIGINT/SIGTERM handler; the interrupt turns it into a stop, so even a CPU-bound
+/// script ends promptly on Ctrl-C.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Install the SIGINT/SIGTERM flag handler (alongside tokio's own, through the same registry).
+pub fn install_signal_flag() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe {
+            signal_hook_registry::register(sig, || SIGNALLED.store(true, Ordering::SeqCst))
+        };
+    }
+}
+
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::Relaxed)
+}
+
 pub struct Stop {
     stopped: AtomicBool,
     reason: Mutex<Option<OpError>>,
@@ -78,7 +96,15 @@ impl Stop {
     /// Called from the Luau interrupt: measures the clocks every 256 ticks.
     pub fn tick(&self) -> Result<(), OpError> {
         self.check()?;
-        if self.ticks.fetch_add(1, Ordering::Relaxed) % 256 != 0 {
+        if signalled() {
+            self.stop(OpError::new(kinds::INTERRUPTED, "interrupted by a signal"));
+            return self.check();
+        }
+        if !self
+            .ticks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
+        {
             return Ok(());
         }
         if let Some(limit) = self.cpu_limit {

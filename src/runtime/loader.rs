@@ -1,21 +1,189 @@
 //! `require`: `stagecraft/<module>` (Rust modules and the embedded stdlib), paths relative to the
-//! requiring script inside the project, and installed recipe packages. Nothing else is readable.
+//! requiring script inside the project, and installed recipe packages. Nothing else is readable:
+//! not `.env` (secrets), not `.stagecraft/` outside installed recipes, not a file a symlink takes
+//! out of the project, and only `.luau`/`.lua` files.
+//!
+//! Each module runs in its own global environment that reads through to the sandbox's globals, so
+//! globals one script sets never leak into another module. A module being loaded by one task is
+//! waited for by the others; a require cycle (within a task, or across tasks) is an error.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use include_dir::{Dir, include_dir};
 use mlua::{Lua, Table, Value};
+use tokio::sync::Notify;
 
 use super::fault::{OpError, kinds};
 
 pub static STDLIB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/stdlib");
 
 const LOADED: &str = "stagecraft.loaded";
+/// The sandbox's global table (read-only once sealed): what module environments read through to.
+const GLOBALS: &str = "stagecraft.globals";
 
 /// Where a module's source comes from.
 enum Source {
     Rust(fn(&Lua) -> mlua::Result<Table>),
     Luau { chunk: String, text: String },
+}
+
+/// Modules being loaded right now, so concurrent tasks wait instead of seeing a false cycle.
+#[derive(Default)]
+struct Loading(Mutex<LoadState>);
+
+#[derive(Default)]
+struct LoadState {
+    /// Module key → the task loading it, and how to wake the tasks waiting for it.
+    holders: HashMap<String, (String, Arc<Notify>)>,
+    /// Task path → the module keys it is loading, outermost first.
+    stacks: HashMap<String, Vec<String>>,
+    /// Task path → the module key it waits for (being loaded by another task).
+    waits: HashMap<String, String>,
+}
+
+/// Called once by the sandbox before it is sealed, with the global table scripts see.
+pub fn install(lua: &Lua, globals: &Table) -> mlua::Result<()> {
+    lua.set_named_registry_value(GLOBALS, globals)?;
+    lua.set_app_data(Arc::new(Loading::default()));
+    Ok(())
+}
+
+fn loading(lua: &Lua) -> mlua::Result<Arc<Loading>> {
+    lua.app_data_ref::<Arc<Loading>>()
+        .map(|l| l.clone())
+        .ok_or_else(|| mlua::Error::runtime("stagecraft module loader not installed"))
+}
+
+/// `b` is a subtask (at any depth) of `a`.
+fn is_ancestor(a: &str, b: &str) -> bool {
+    b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'/'
+}
+
+/// This task holds `key` while loading it; dropping (success, error or cancellation) releases it.
+struct Held {
+    loading: Arc<Loading>,
+    key: String,
+    task: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.loading.0.lock() {
+            s.holders.remove(&self.key);
+            if let Some(stack) = s.stacks.get_mut(&self.task) {
+                stack.retain(|k| k != &self.key);
+                if stack.is_empty() {
+                    s.stacks.remove(&self.task);
+                }
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+/// This task waits for another task to finish loading a module.
+struct Waiting {
+    loading: Arc<Loading>,
+    task: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.loading.0.lock() {
+            s.waits.remove(&self.task);
+        }
+    }
+}
+
+enum Claim {
+    /// Nobody is loading it: this task loads it now.
+    Load(Held),
+    /// Another task is loading it: wait, then look again.
+    Wait(Arc<Notify>, Waiting),
+}
+
+impl Loading {
+    fn claim(self: &Arc<Self>, key: &str, task: &str) -> Result<Claim, OpError> {
+        let mut s = self
+            .0
+            .lock()
+            .map_err(|_| OpError::new("internal", "require: loader state poisoned"))?;
+        let Some((holder, notify)) = s.holders.get(key).cloned() else {
+            let notify = Arc::new(Notify::new());
+            s.holders
+                .insert(key.to_string(), (task.to_string(), notify.clone()));
+            s.stacks
+                .entry(task.to_string())
+                .or_default()
+                .push(key.to_string());
+            return Ok(Claim::Load(Held {
+                loading: self.clone(),
+                key: key.to_string(),
+                task: task.to_string(),
+                notify,
+            }));
+        };
+        if holder == task {
+            let stack = s.stacks.get(task).cloned().unwrap_or_default();
+            let start = stack.iter().position(|k| k == key).unwrap_or(0);
+            let mut chain: Vec<&str> = stack[start..].iter().map(String::as_str).collect();
+            chain.push(key);
+            return Err(cycle(format!(
+                "require: cyclic require: {}",
+                chain.join(" -> ")
+            )));
+        }
+        if s.blocked_on(&holder, task) {
+            return Err(cycle(format!(
+                "require: cyclic require across tasks: {key} is being loaded by task {holder}, \
+                 which waits for task {task}"
+            )));
+        }
+        s.waits.insert(task.to_string(), key.to_string());
+        Ok(Claim::Wait(
+            notify,
+            Waiting {
+                loading: self.clone(),
+                task: task.to_string(),
+            },
+        ))
+    }
+}
+
+impl LoadState {
+    /// Whether `from` cannot finish before `task` does: it waits (through module waits, or by
+    /// awaiting its own subtasks) for `task` or for a task that awaits `task`.
+    fn blocked_on(&self, from: &str, task: &str) -> bool {
+        let mut seen = HashSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(t) = todo.pop() {
+            if t == task || is_ancestor(&t, task) {
+                return true;
+            }
+            if !seen.insert(t.clone()) {
+                continue;
+            }
+            if let Some(key) = self.waits.get(&t)
+                && let Some((h, _)) = self.holders.get(key)
+            {
+                todo.push(h.clone());
+            }
+            // A task with live subtasks is awaiting them.
+            for d in self.waits.keys().chain(self.stacks.keys()) {
+                if is_ancestor(&t, d) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+        false
+    }
+}
+
+fn cycle(message: String) -> OpError {
+    OpError::invalid(message).hint("move the shared part into a third module")
 }
 
 pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
@@ -25,22 +193,26 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
     let (key, source) = resolve(&ctx, &name, caller.as_deref()).map_err(OpError::into_lua)?;
 
     let loaded = loaded_table(&lua)?;
-    match loaded.raw_get::<Value>(key.as_str())? {
-        Value::Nil => {}
-        Value::LightUserData(_) => {
-            return Err(
-                OpError::invalid(format!("require: cyclic require of '{name}'"))
-                    .hint("move the shared part into a third module")
-                    .into_lua(),
-            );
+    let loading = loading(&lua)?;
+    let task = ctx
+        .tasks
+        .current()
+        .map(|t| t.path.clone())
+        .unwrap_or_else(|| "main".to_string());
+    let _held = loop {
+        ctx.stop.check().map_err(OpError::into_lua)?;
+        match loaded.raw_get::<Value>(key.as_str())? {
+            Value::Nil => {}
+            v => return Ok(v),
         }
-        v => return Ok(v),
-    }
-    // Marker while loading, to catch cycles.
-    loaded.raw_set(
-        key.as_str(),
-        Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())),
-    )?;
+        match loading.claim(&key, &task).map_err(OpError::into_lua)? {
+            Claim::Load(held) => break held,
+            Claim::Wait(notify, waiting) => {
+                notify.notified().await;
+                drop(waiting);
+            }
+        }
+    };
     let result = match source {
         Source::Rust(register) => register(&lua).map(Value::Table),
         Source::Luau { chunk, text } => {
@@ -52,6 +224,7 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
             match lua
                 .load(text.as_str())
                 .set_name(format!("@{chunk}"))
+                .set_environment(module_env(&lua)?)
                 .into_function()
             {
                 Ok(f) => f.call_async::<Value>(()).await,
@@ -59,19 +232,27 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
             }
         }
     };
-    let value = match result {
-        Ok(Value::Nil) => Value::Boolean(true),
-        Ok(v) => v,
-        Err(e) => {
-            loaded.raw_set(key.as_str(), Value::Nil)?;
-            return Err(e);
-        }
+    let value = match result? {
+        Value::Nil => Value::Boolean(true),
+        v => v,
     };
     if let Value::Table(t) = &value {
         t.set_readonly(true);
     }
     loaded.raw_set(key.as_str(), value.clone())?;
     Ok(value)
+}
+
+/// A fresh global environment for one module: its own writes stay in it, reads fall through to
+/// the sandbox's (read-only) globals.
+fn module_env(lua: &Lua) -> mlua::Result<Table> {
+    let globals: Table = lua.named_registry_value(GLOBALS)?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", globals)?;
+    meta.set_readonly(true);
+    let env = lua.create_table()?;
+    env.set_metatable(Some(meta))?;
+    Ok(env)
 }
 
 fn loaded_table(lua: &Lua) -> mlua::Result<Table> {
@@ -161,14 +342,14 @@ fn resolve(
                 .join(sub),
         )
         .ok_or_else(|| OpError::invalid(format!("require: invalid module name '{name}'")))?;
-        return find_file(ctx, &rel).ok_or_else(|| {
+        return find_file(ctx, name, &rel)?.ok_or_else(|| {
             OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(
                 "relative modules start with ./ or ../; stagecraft modules with stagecraft/; \
                  recipes must be installed with `stagecraft recipe add`",
             )
         });
     };
-    find_file(ctx, &rel).ok_or_else(|| {
+    find_file(ctx, name, &rel)?.ok_or_else(|| {
         OpError::new(
             kinds::NOT_FOUND,
             format!(
@@ -203,7 +384,37 @@ pub fn normalize(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-fn find_file(ctx: &super::RunCtx, rel: &Path) -> Option<(String, Source)> {
+/// Whether a project-relative path may hold a module: never `.env`/`.env.*` at the root (secrets,
+/// read only through `stagecraft/secrets`) and nothing in `.stagecraft/` but installed recipes.
+fn loadable(rel: &Path) -> bool {
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match parts.as_slice() {
+        [one] => one != ".env" && !one.starts_with(".env."),
+        [first, second, ..] if first == crate::project::STATE_DIR => second == "recipes",
+        _ => true,
+    }
+}
+
+fn find_file(
+    ctx: &super::RunCtx,
+    name: &str,
+    rel: &Path,
+) -> Result<Option<(String, Source)>, OpError> {
+    let denied = |why: &str| {
+        OpError::new(
+            kinds::PERMISSION,
+            format!("permission denied: require: '{name}' {why}"),
+        )
+        .hint("modules are .luau/.lua files inside the project")
+    };
+    if !loadable(rel) {
+        return Err(denied(
+            "is not a module file (secrets and the ledger are not loadable)",
+        ));
+    }
     let base = rel.to_string_lossy().to_string();
     let candidates = if base.ends_with(".luau") || base.ends_with(".lua") {
         vec![base.clone()]
@@ -212,29 +423,41 @@ fn find_file(ctx: &super::RunCtx, rel: &Path) -> Option<(String, Source)> {
             format!("{base}.luau"),
             format!("{base}.lua"),
             format!("{base}/init.luau"),
-            base.clone(),
         ]
     };
+    let root = &ctx.project.root;
     for cand in candidates {
         if let Some(text) = ctx.overlay.get(&cand) {
-            return Some((
+            return Ok(Some((
                 cand.clone(),
                 Source::Luau {
                     chunk: cand,
                     text: text.clone(),
                 },
-            ));
+            )));
         }
-        let full = ctx.project.root.join(&cand);
+        let full = root.join(&cand);
         let Ok(canon) = full.canonicalize() else {
             continue;
         };
-        if !canon.starts_with(&ctx.project.root) || !canon.is_file() {
+        let Ok(inside) = canon.strip_prefix(root) else {
+            return Err(denied(&format!(
+                "resolves to {}, outside the project directory (a symlink?)",
+                canon.display()
+            )));
+        };
+        if !loadable(inside) {
+            return Err(denied(&format!(
+                "resolves to {} (secrets and the ledger are not loadable)",
+                inside.display()
+            )));
+        }
+        if !canon.is_file() {
             continue;
         }
-        if let Ok(text) = std::fs::read_to_string(&canon) {
-            return Some((cand.clone(), Source::Luau { chunk: cand, text }));
-        }
+        let text = std::fs::read_to_string(&canon)
+            .map_err(|e| OpError::io(format!("require: cannot read {cand}: {e}")))?;
+        return Ok(Some((cand.clone(), Source::Luau { chunk: cand, text })));
     }
-    None
+    Ok(None)
 }

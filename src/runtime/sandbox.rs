@@ -29,6 +29,44 @@ end
 return pcall_, xpcall_, resume_, close_
 "#;
 
+/// `debug.info` without the runtime's raw C functions: a stack level would otherwise hand out the
+/// unwrapped `pcall`/`xpcall` the wrappers call, which do not re-raise a memory-limit error.
+const DEBUG_INFO: &str = r##"
+local raw_info, running, type_, sub, select_, unpack = ...
+local function strip(opts, ...)
+  local n = select_("#", ...)
+  local out = { ... }
+  local pos = 1
+  for i = 1, #opts do
+    local c = sub(opts, i, i)
+    if c == "f" then
+      if out[pos] ~= nil and raw_info(out[pos], "s") == "[C]" then
+        out[pos] = nil
+      end
+      pos += 1
+    elseif c == "a" then
+      pos += 2
+    else
+      pos += 1
+    end
+  end
+  return unpack(out, 1, n)
+end
+return function(a, b, c)
+  if type_(a) == "function" then
+    return raw_info(a, b)
+  elseif type_(a) == "thread" then
+    if a == running() and type_(b) == "number" then
+      return strip(c, raw_info(a, b + 1, c))
+    end
+    return strip(c, raw_info(a, b, c))
+  elseif type_(a) == "number" then
+    return strip(b, raw_info(a + 1, b))
+  end
+  return raw_info(a, b, c)
+end
+"##;
+
 /// Runs a function under xpcall with the capturing message handler: `runner(fn, handler, ...)`.
 const RUNNER: &str = r#"
 local raw_xpcall = ...
@@ -65,16 +103,16 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         let ctx = ctx.clone();
         lua.create_function(move |lua, mut values: MultiValue| {
             ctx.stop.check().map_err(OpError::into_lua)?;
-            if matches!(values.front(), Some(Value::Boolean(false))) {
-                if let Some(err) = values.get(1) {
-                    if is_memory_error(err) {
-                        let e = memory_exceeded(ctx.stop.memory_mb());
-                        ctx.stop.stop(e.clone());
-                        return Err(e.into_lua());
-                    }
-                    let converted = convert_error(lua, err.clone())?;
-                    values[1] = converted;
+            if matches!(values.front(), Some(Value::Boolean(false)))
+                && let Some(err) = values.get(1)
+            {
+                if is_memory_error(err) {
+                    let e = memory_exceeded(ctx.stop.memory_mb());
+                    ctx.stop.stop(e.clone());
+                    return Err(e.into_lua());
                 }
+                let converted = convert_error(lua, err.clone())?;
+                values[1] = converted;
             }
             Ok(values)
         })?
@@ -103,7 +141,18 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
     // debug: only traceback and info.
     let dbg = lua.create_table()?;
     dbg.set("traceback", traceback.clone())?;
-    dbg.set("info", debug.get::<Function>("info")?)?;
+    let raw_info: Function = debug.get("info")?;
+    let string: Table = g.get("string")?;
+    let table: Table = g.get("table")?;
+    let info: Function = lua.load(DEBUG_INFO).set_name("=stagecraft/sandbox").call((
+        raw_info,
+        coroutine.get::<Function>("running")?,
+        g.get::<Function>("type")?,
+        string.get::<Function>("sub")?,
+        g.get::<Function>("select")?,
+        table.get::<Function>("unpack")?,
+    ))?;
+    dbg.set("info", info)?;
     g.set("debug", dbg)?;
 
     // os: recorded clock reads; no getenv, execute, exit, remove.
@@ -138,6 +187,8 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         .set_name("=stagecraft/runner")
         .call(raw_xpcall)?;
 
+    lua.set_named_registry_value(TOSTRING, g.get::<Function>("tostring")?)?;
+    super::loader::install(&lua, &g)?;
     lua.sandbox(true)?;
     let stop_ctx = ctx.clone();
     lua.set_interrupt(move |_| match stop_ctx.stop.tick() {
@@ -236,12 +287,16 @@ fn print(lua: &Lua, values: MultiValue) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Lua's `tostring` (honours `__tostring`).
+/// Registry key of the built-in `tostring`.
+const TOSTRING: &str = "stagecraft.tostring";
+
+/// Lua's built-in `tostring` (honours `__tostring`). Not the global of that name: a script may
+/// replace it in its own environment, which must not change what other modules print.
 pub fn tostring(lua: &Lua, v: &Value) -> mlua::Result<String> {
     match v {
         Value::String(s) => Ok(s.to_string_lossy()),
         other => {
-            let f: Function = lua.globals().get("tostring")?;
+            let f: Function = lua.named_registry_value(TOSTRING)?;
             f.call::<String>(other.clone())
         }
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use mlua::{MetaMethod, UserData, UserDataFields, UserDataMethods};
 use serde_json::{Value, json};
 
+use super::fault::{OpError, kinds};
 use super::scrub::Scrubber;
 use crate::ledger::key::UserKey;
 
@@ -50,12 +51,26 @@ impl UserData for SecretHandle {
     }
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_method(MetaMethod::ToString, |_, _, ()| Ok(super::scrub::REDACTED));
-        methods.add_meta_method(MetaMethod::Concat, |_, this, _: mlua::MultiValue| -> mlua::Result<()> {
-            Err(mlua::Error::runtime(format!(
-                "cannot concatenate secret {}: pass the handle itself to a primitive (e.g. exec env)",
-                this.name
-            )))
-        });
+        // `..` calls this with the handle on either side (`"x" .. h` as well as `h .. "x"`).
+        methods.add_meta_function(
+            MetaMethod::Concat,
+            |_, (a, b): (mlua::Value, mlua::Value)| -> mlua::Result<()> {
+                let name = [a, b]
+                    .iter()
+                    .find_map(|v| match v {
+                        mlua::Value::UserData(ud) => {
+                            ud.borrow::<SecretHandle>().ok().map(|h| h.name.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Err(OpError::invalid(format!(
+                    "cannot concatenate secret {name}: its value never enters the script; pass \
+                     the handle itself to a primitive (e.g. exec env)"
+                ))
+                .into_lua())
+            },
+        );
         methods.add_meta_method(MetaMethod::Eq, |_, this, other: mlua::AnyUserData| {
             Ok(other
                 .borrow::<SecretHandle>()
@@ -74,22 +89,52 @@ impl SecretStore {
         }
     }
 
+    /// Register, for scrubbing only, the values the run may load: the named secrets it was granted
+    /// (`secrets:NAME`), or every `.env` value when it may load any. Output produced before the
+    /// script calls `secrets.get` (say, a child printing its environment) is then scrubbed too.
+    pub fn preload(&self, any: bool, names: &[String]) {
+        for name in names {
+            if let Some(v) = std::env::var(name)
+                .ok()
+                .or_else(|| self.dotenv.get(name).cloned())
+            {
+                self.scrubber.add(&v);
+            }
+        }
+        if any {
+            for v in self.dotenv.values() {
+                self.scrubber.add(v);
+            }
+        }
+    }
+
     /// Look a secret up (environment first, then `.env`), register it for scrubbing and return
-    /// its handle. `Err` carries a message naming where it looked.
-    pub fn load(&self, name: &str) -> Result<SecretHandle, String> {
+    /// its handle. A missing secret is `not_found` (the message names where it looked), one too
+    /// short to redact reliably is `invalid_argument`.
+    pub fn load(&self, name: &str) -> Result<SecretHandle, OpError> {
         let value = std::env::var(name)
             .ok()
             .or_else(|| self.dotenv.get(name).cloned())
             .ok_or_else(|| {
-                format!("secret {name} is not set in the environment or in the project's .env")
+                OpError::new(
+                    kinds::NOT_FOUND,
+                    format!("secret {name} is not set in the environment or in the project's .env"),
+                )
+                .hint(format!("export {name}=... or add it to the project's .env"))
             })?;
         if value.trim().len() < super::scrub::MIN_SECRET_LEN {
-            return Err(format!(
+            return Err(OpError::invalid(format!(
                 "secret {name} is shorter than {} characters and could not be redacted reliably",
                 super::scrub::MIN_SECRET_LEN
+            ))
+            .hint("use a longer secret value"));
+        }
+        if !self.scrubber.add(&value) {
+            return Err(OpError::new(
+                "internal",
+                format!("secret {name} could not be registered for redaction, so it is not loaded"),
             ));
         }
-        self.scrubber.add(&value);
         let fingerprint = self.fingerprint(&value);
         if let Ok(mut m) = self.values.lock() {
             m.insert(name.to_string(), value);
