@@ -384,7 +384,22 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                 None
             }
         };
-        let stopped = || ctx.stop.reason().map(fail);
+        // The failure captured where it was raised carries the traceback of that moment.
+        let captured_tb = || {
+            main_task
+                .failure
+                .lock()
+                .ok()
+                .and_then(|f| f.as_ref().map(|f| f.traceback.clone()))
+                .unwrap_or_default()
+        };
+        let stopped = || {
+            ctx.stop.reason().map(|r| Failure {
+                error: r,
+                structured: true,
+                traceback: captured_tb(),
+            })
+        };
         match res {
             None => {
                 Err(stopped()
@@ -520,9 +535,8 @@ fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) 
                 .and_then(|l| l.split_whitespace().next())
                 .map(str::to_string);
             let mut message = scrub(&f.error.message);
-            if f.structured
-                && let Some(loc) = &location
-                && !message.starts_with(loc.as_str())
+            if let Some(loc) = &location
+                && !has_location(&message)
             {
                 message = format!("{loc}: {message}");
             }
@@ -548,6 +562,19 @@ fn outcome_of(ctx: &RunCtx, run_id: &str, result: ExecResult, started: Instant) 
             }
         }
     }
+}
+
+/// Whether a message already starts with `chunk.luau:LINE:`.
+fn has_location(message: &str) -> bool {
+    let Some((head, _)) = message.split_once(": ") else {
+        return false;
+    };
+    let Some((chunk, line)) = head.rsplit_once(':') else {
+        return false;
+    };
+    (chunk.ends_with(".luau") || chunk.ends_with(".lua"))
+        && !line.is_empty()
+        && line.chars().all(|c| c.is_ascii_digit())
 }
 
 fn default_hint(e: &OpError) -> Option<String> {

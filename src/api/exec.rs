@@ -132,7 +132,8 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     cmd.args(&argv[1..])
         .current_dir(&cwd)
         .env_clear()
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .process_group(0);
     cmd.arg0(&argv[0]);
     for k in PASS_ENV {
         if let Some(v) = std::env::var_os(k) {
@@ -166,6 +167,9 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     let mut child = cmd
         .spawn()
         .map_err(|e| OpError::io(format!("exec.run: cannot start {}: {e}", argv[0])))?;
+    // Until the child is reaped normally, dropping this (timeout, cancelled task, killed run)
+    // kills its whole process group, grandchildren included.
+    let mut group = GroupKill(child.id().and_then(|p| i32::try_from(p).ok()));
 
     let stdin_task = match (child.stdin.take(), o.stdin) {
         (Some(mut pipe), Some(data)) => Some(tokio::spawn(async move {
@@ -200,6 +204,7 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     if let Some(t) = stdin_task {
         let _ = t.await;
     }
+    group.0 = None;
     let status =
         status.map_err(|e| OpError::io(format!("exec.run: waiting for {}: {e}", argv[0])))?;
     use std::os::unix::process::ExitStatusExt;
@@ -256,5 +261,19 @@ fn write_raw(bytes: &[u8], to_err: bool) {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(bytes);
         let _ = o.flush();
+    }
+}
+
+/// Kills a process group on drop unless disarmed.
+struct GroupKill(Option<i32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|p| *p > 0) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
     }
 }

@@ -35,6 +35,7 @@ pub struct Stop {
     wall_limit: Option<Duration>,
     ticks: AtomicU32,
     memory_mb: u64,
+    held: AtomicBool,
 }
 
 /// CPU time consumed by the calling thread (the one running Lua).
@@ -62,6 +63,7 @@ impl Stop {
             wall_limit,
             ticks: AtomicU32::new(0),
             memory_mb,
+            held: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +97,9 @@ impl Stop {
 
     /// Called from the Luau interrupt: measures the clocks every 256 ticks.
     pub fn tick(&self) -> Result<(), OpError> {
+        if self.held.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.check()?;
         if signalled() {
             self.stop(OpError::new(kinds::INTERRUPTED, "interrupted by a signal"));
@@ -119,6 +124,11 @@ impl Stop {
             self.stop(wall_exceeded(limit));
         }
         self.check()
+    }
+
+    /// Hold the interrupt off (for the runtime's own bookkeeping calls into Lua).
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::Relaxed);
     }
 
     pub fn memory_mb(&self) -> u64 {

@@ -237,7 +237,7 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
         v => v,
     };
     if let Value::Table(t) = &value {
-        t.set_readonly(true);
+        freeze(t, 0);
     }
     loaded.raw_set(key.as_str(), value.clone())?;
     Ok(value)
@@ -460,4 +460,21 @@ fn find_file(
         return Ok(Some((cand.clone(), Source::Luau { chunk: cand, text })));
     }
     Ok(None)
+}
+
+/// Freeze a module's table and every table reachable from it (and their metatables), so no
+/// script can change what another sees. Modules keep mutable state in locals, not in exports.
+fn freeze(t: &Table, depth: usize) {
+    if depth > 64 || t.is_readonly() {
+        return;
+    }
+    t.set_readonly(true);
+    if let Some(meta) = t.metatable() {
+        freeze(&meta, depth + 1);
+    }
+    for (_, v) in t.pairs::<Value, Value>().flatten() {
+        if let Value::Table(inner) = v {
+            freeze(&inner, depth + 1);
+        }
+    }
 }

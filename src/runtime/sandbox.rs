@@ -172,7 +172,11 @@ pub fn build(ctx: Arc<RunCtx>, memory_limit_mb: u64) -> mlua::Result<Built> {
         let ctx = ctx.clone();
         let traceback = traceback.clone();
         lua.create_function(move |_, err: Value| {
+            // The traceback is taken with the interrupt held off: a stopped run would otherwise
+            // fail this very call and lose the location.
+            ctx.stop.hold(true);
             let tb = traceback.call::<String>(()).unwrap_or_default();
+            ctx.stop.hold(false);
             let failure = failure_of(&ctx, &err, tb);
             if let Some(task) = ctx.tasks.current()
                 && let Ok(mut slot) = task.failure.lock()

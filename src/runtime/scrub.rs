@@ -1100,3 +1100,56 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timing_baseline {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn scrub_timing_baseline() {
+        let s = Scrubber::new();
+        assert!(s.add("long-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLM"));
+        assert!(s.add("sk-live \"Q7\\zx\" & w/é+~?>"));
+        assert!(s.add("hunter2-password"));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "made", "deal", "cafe", "beef", "add", "value", "error:", "at", "line", "42"];
+        let mut text = String::new();
+        while text.len() < 1 << 20 {
+            match next() % 4 {
+                0 | 1 => {
+                    for _ in 0..12 {
+                        text.push_str(words[(next() % words.len() as u64) as usize]);
+                        text.push(' ');
+                    }
+                    text.push('\n');
+                }
+                2 => {
+                    let bytes: Vec<u8> = (0..57).map(|_| next() as u8).collect();
+                    text.push_str(&STANDARD.encode(&bytes));
+                    text.push('\n');
+                }
+                _ => {
+                    for _ in 0..16 {
+                        text.push_str(&format!(" {:02x}", next() as u8));
+                    }
+                    text.push('\n');
+                }
+            }
+        }
+        assert!(matches!(s.scrub(&text), Cow::Borrowed(_)));
+        let runs = 50;
+        let start = Instant::now();
+        for _ in 0..runs {
+            assert!(matches!(s.scrub(std::hint::black_box(&text)), Cow::Borrowed(_)));
+        }
+        let per = start.elapsed() / runs;
+        println!("scrub of {} bytes with no match: {per:?}", text.len());
+    }
+}

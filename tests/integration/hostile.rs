@@ -247,7 +247,7 @@ setmetatable(require("stagecraft/exec"), {})
     p.script(src, &[])
         .code(1)
         .stdout_is("false\tattempt to modify a readonly table\nnil\n")
-        .stderr_has("error: attempt to modify a readonly table\nstack traceback:\n  script.luau:4");
+        .stderr_has("error: script.luau:4: attempt to modify a readonly table\nstack traceback:\n  script.luau:4");
 }
 
 #[test]

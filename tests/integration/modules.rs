@@ -111,3 +111,54 @@ fn project_permissions_come_from_stagecraft_yml() {
         .code(2)
         .stderr_has("unknown capability 'bogus'");
 }
+
+/// Whether a process is gone (or a zombie waiting for init), polling up to a deadline.
+fn process_ends(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => std::thread::yield_now(),
+        }
+    }
+    false
+}
+
+#[test]
+fn exec_timeout_kills_grandchildren_too() {
+    let p = Project::new();
+    let src = r#"local exec = require("stagecraft/exec")
+local ok, err = pcall(exec.run, { "sh", "-c", "sleep 43 & echo $!; wait" }, { timeout = 0.5, stream = true })
+print(ok, err.kind)
+"#;
+    let out = p.script(src, &["--allow", "exec:sh"]).ok();
+    let pid: u32 = out
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    assert!(out.stdout.contains("false\ttimeout"), "{out:?}");
+    assert!(process_ends(pid), "grandchild {pid} survived the timeout");
+}
+
+#[test]
+fn module_tables_are_frozen_deeply() {
+    let p = Project::new();
+    p.write("lib/shared.luau", "local count = 0\nreturn { nested = { n = 1 }, bump = function() count += 1 return count end }");
+    p.script(
+        "local s = require('./lib/shared') print(s.bump(), s.bump()) s.nested.n = 99",
+        &[],
+    )
+    .code(1)
+    .stdout_is("1\t2\n")
+    .stderr_has("attempt to modify a readonly table");
+}

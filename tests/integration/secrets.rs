@@ -660,7 +660,6 @@ print(r.stdout)
 }
 
 #[test]
-#[ignore = "pending: output written before secrets.get registers the value is not scrubbed (see report)"]
 fn output_before_the_secret_is_loaded_never_leaks() {
     let p = Project::new()
         .file(".env", &format!("API_TOKEN='{LONG}'\n"))
