@@ -55,5 +55,5 @@ pub fn is_dirty(dir: &Path) -> Option<bool> {
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    out.status.success().then(|| !out.stdout.is_empty())
+    out.status.success().then_some(!out.stdout.is_empty())
 }
