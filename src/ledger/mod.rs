@@ -148,8 +148,20 @@ pub fn open(paths: &LedgerPaths, create: bool) -> Result<Connection> {
     let mut conn = Connection::open_with_flags(&paths.db, flags)
         .map_err(|e| Error::ledger(format!("cannot open ledger {}: {e}", paths.db.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL is a property of the file: switch once, under the writers' lock, so processes
+    // starting together on a fresh project never race on the journal mode.
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        let _lock = FileLock::acquire(&paths.lock())?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Keep the WAL between runs: no checkpoint, WAL deletion and directory sync on every close
+    // (the WAL is checkpointed as it grows, by whichever commit crosses the threshold).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     let has_schema: bool = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE name = 'entries'",
         [],

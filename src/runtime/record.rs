@@ -269,6 +269,10 @@ impl Drop for InFlight<'_> {
 impl RunCtx {
     /// Start a call: stop check, task identity, canonical arguments; in replay, the match.
     pub fn begin(&self, op: &'static str, mut args: Value) -> Result<Begun, OpError> {
+        if super::limits::signalled() {
+            self.stop
+                .stop(OpError::new(kinds::INTERRUPTED, "interrupted by a signal"));
+        }
         self.stop.check()?;
         let task = self.tasks.current();
         let (path, idx) = match &task {

@@ -760,7 +760,7 @@ local exec = require("stagecraft/exec")
 -- The first call that waits lets the runtime install its signal handler (see the report).
 exec.run({ "true" })
 print("started", os.time() > 0)
-exec.run({ "sh", "-c", "sleep 30" })
+exec.run({ "sh", "-c", "echo waiting; sleep 30" }, { stream = true })
 "#,
     );
     let mut cmd = p.cmd(&["run", "wait.luau", "--allow", "exec"]).cmd;
@@ -770,6 +770,10 @@ exec.run({ "sh", "-c", "sleep 30" })
     let mut line = String::new();
     stdout.read_line(&mut line).expect("read the first line");
     assert_eq!(line, "started\ttrue\n");
+    // The interrupt lands while the second exec is in flight: it is recorded as cancelled.
+    line.clear();
+    stdout.read_line(&mut line).expect("read the second line");
+    assert_eq!(line, "waiting\n");
     let killed = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
