@@ -134,6 +134,14 @@ where
             };
         }
     };
+    // Listing commands end quietly when their reader goes away (`stagecraft ledger ls | head`).
+    // Runs keep ignoring SIGPIPE: a closed stdout must not kill a run half-way.
+    if matches!(cli.command, Command::Ledger(_)) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any output.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => run_cmd::run(a),
         Command::Replay(a) => replay_cmd::run(a),

@@ -129,11 +129,12 @@ pub fn get_run(conn: &Connection, paths: &LedgerPaths, id: &str) -> Result<RunSu
         .ok_or_else(|| Error::usage(format!("no run '{id}' in the ledger")))
 }
 
-/// Entries of one run in sequence order (calls and module loads).
+/// Entries of one run in sequence order: calls, module loads, and (kind `call.start`) calls
+/// that started but never finished because the process died during them.
 pub fn entries(conn: &Connection, run_id: &str) -> Result<Vec<EntryRow>> {
     let mut stmt = conn.prepare(
         "SELECT seq, kind, task, idx, op, args, result, error, started_at, duration_us \
-         FROM entries WHERE run_id = ?1 AND kind IN ('call', 'module') ORDER BY seq",
+         FROM entries WHERE run_id = ?1 AND kind IN ('call', 'module', 'call.start') ORDER BY seq",
     )?;
     let rows = stmt
         .query_map([run_id], |r| {
@@ -150,8 +151,16 @@ pub fn entries(conn: &Connection, run_id: &str) -> Result<Vec<EntryRow>> {
                 duration_us: r.get(9)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+        .collect::<rusqlite::Result<Vec<EntryRow>>>()?;
+    let finished: std::collections::HashSet<(String, i64)> = rows
+        .iter()
+        .filter(|e| e.kind == "call")
+        .map(|e| (e.task.clone(), e.idx))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter(|e| e.kind != "call.start" || !finished.contains(&(e.task.clone(), e.idx)))
+        .collect())
 }
 
 /// One recorded call for replay: (seq, task, op, args text, result text, error text).

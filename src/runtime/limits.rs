@@ -172,9 +172,7 @@ pub fn memory_exceeded(limit_mb: u64) -> OpError {
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}", s as u64)
-    } else {
-        format!("{s:.1}")
-    }
+    // Up to millisecond precision, without trailing zeros: 30, 1.5, 0.05.
+    let text = format!("{s:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }

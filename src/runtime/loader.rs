@@ -345,7 +345,7 @@ fn resolve(
         return find_file(ctx, name, &rel)?.ok_or_else(|| {
             OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(
                 "relative modules start with ./ or ../; stagecraft modules with stagecraft/; \
-                 recipes must be installed with `stagecraft recipe add`",
+                 recipe packages are looked up in .stagecraft/recipes/NAME/",
             )
         });
     };

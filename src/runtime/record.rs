@@ -457,18 +457,28 @@ impl RunCtx {
         call: LiveCall,
         outcome: Result<Value, OpError>,
     ) -> Result<Value, OpError> {
+        // What the script gets back is what the ledger holds: scrubbed. A secret never enters
+        // the script through a child's output or a file, and replay sees the very same values.
+        let outcome = match outcome {
+            Ok(mut v) => {
+                self.secrets.scrubber.scrub_json(&mut v);
+                Ok(v)
+            }
+            Err(e) => {
+                let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+                self.secrets.scrubber.scrub_json(&mut v);
+                Err(serde_json::from_value(v).unwrap_or(e))
+            }
+        };
         if let Recorder::Live(writer) = &self.recorder {
             let (result, error) = match &outcome {
-                Ok(v) => {
-                    let mut v = v.clone();
-                    self.secrets.scrubber.scrub_json(&mut v);
-                    (Some(super::value::canonical(&v)), None)
-                }
-                Err(e) => {
-                    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-                    self.secrets.scrubber.scrub_json(&mut v);
-                    (None, Some(super::value::canonical(&v)))
-                }
+                Ok(v) => (Some(super::value::canonical(v)), None),
+                Err(e) => (
+                    None,
+                    Some(super::value::canonical(
+                        &serde_json::to_value(e).unwrap_or(Value::Null),
+                    )),
+                ),
             };
             writer.push(Pending {
                 run_id: self.run_id.clone(),
@@ -484,6 +494,25 @@ impl RunCtx {
             });
         }
         outcome
+    }
+
+    /// The call is about to take effect: its intent goes to the ledger first, so a process killed
+    /// mid-call (`kill -9`) still leaves a trace of what it was doing.
+    fn record_start(&self, call: &LiveCall) {
+        if let Recorder::Live(writer) = &self.recorder {
+            writer.push(Pending {
+                run_id: self.run_id.clone(),
+                kind: "call.start",
+                task: call.task.clone(),
+                idx: call.idx,
+                op: call.op.to_string(),
+                args: call.args.clone(),
+                result: None,
+                error: None,
+                started_at: call.started_at,
+                duration_us: 0,
+            });
+        }
     }
 
     /// Record a synchronous call.
@@ -525,6 +554,7 @@ impl RunCtx {
     {
         match self.begin(op, args)? {
             Begun::Live(call) => {
+                self.record_start(&call);
                 let mut in_flight = InFlight {
                     ctx: self,
                     call: Some(call),

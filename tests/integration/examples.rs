@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::harness::Project;
 
 /// The capabilities an example's `-- allow:` header declares (empty when it has none).
-pub fn declared_caps(source: &str) -> Vec<String> {
+fn declared_caps(source: &str) -> Vec<String> {
     source
         .lines()
         .map(str::trim)

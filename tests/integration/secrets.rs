@@ -287,7 +287,9 @@ fn captured_exec_output_never_leaks() {
         .stdout_has("handle\t[REDACTED]\t[REDACTED]\tTOKEN\n")
         .stdout_has("stdout\t[REDACTED]\n[REDACTED]\n[REDACTED]\n")
         .stdout_has("stderr\ton stderr: [REDACTED]\n")
-        .stdout_has("url\t[REDACTED]\n")
+        // The captured output reaches the script already scrubbed, so it is the marker that
+        // gets URL-encoded.
+        .stdout_has("url\t%5BREDACTED%5D\n")
         .stdout_has("json\t{\"captured\":\"[REDACTED]\"}\n")
         .stderr_has(" INFO log [REDACTED] [REDACTED]\n")
         .stderr_has(" WARN [REDACTED]\n");
@@ -681,4 +683,24 @@ print(r.stdout)
         ])
         .ok();
     assert_never_leaks(&p, LONG, &[&out]);
+}
+
+#[test]
+fn a_secret_never_enters_the_script_through_a_childs_output() {
+    let p = Project::new().file(
+        "pieces.luau",
+        r#"local tok = require("stagecraft/secrets").get("TOKEN")
+local r = require("stagecraft/exec").run({ "sh", "-c", 'printf %s "$T"' }, { env = { T = tok } })
+print(#r.stdout, r.stdout:sub(1, 4), r.stdout:sub(5))
+"#,
+    );
+    let live = p
+        .cmd(&["run", "pieces.luau", "--allow", "secrets:TOKEN", "--allow", "exec:sh"])
+        .env("TOKEN", SECRET)
+        .output()
+        .ok()
+        .stdout_is("10\t[RED\tACTED]\n");
+    assert_never_leaks(&p, SECRET, &[&live]);
+    // Replay sees exactly what the live run saw.
+    p.run(&["replay", "last"]).ok().stderr_has("10\t[RED\tACTED]\n");
 }
