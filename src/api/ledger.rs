@@ -97,7 +97,10 @@ async fn run(lua: Lua, id: String) -> mlua::Result<Value> {
         .record("ledger.run", json!({ "id": id }), || async {
             // `last` is the newest run before this one, never the run asking.
             if id == "last" {
-                let f = RunFilter { limit: Some(1), ..Default::default() };
+                let f = RunFilter {
+                    limit: Some(1),
+                    ..Default::default()
+                };
                 let list = find_runs(&ctx, &f, 1)?;
                 return list.get(0).cloned().ok_or_else(|| {
                     OpError::new(kinds::NOT_FOUND, "ledger.run: there is no earlier run")

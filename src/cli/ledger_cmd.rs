@@ -180,7 +180,9 @@ fn show(a: ShowArgs) -> Result<i32, Error> {
     );
     for e in entries {
         let outcome = match (&e.error, &e.result) {
-            _ if e.kind == "call.start" => "(no result: the run ended during this call)".to_string(),
+            _ if e.kind == "call.start" => {
+                "(no result: the run ended during this call)".to_string()
+            }
             (Some(err), _) => format!(
                 "ERROR {}",
                 err.get("message").and_then(|m| m.as_str()).unwrap_or("")
