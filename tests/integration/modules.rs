@@ -162,3 +162,43 @@ fn module_tables_are_frozen_deeply() {
     .stdout_is("1\t2\n")
     .stderr_has("attempt to modify a readonly table");
 }
+
+#[test]
+fn ledger_run_last_is_never_the_asking_run() {
+    let p = Project::new();
+    p.write("first.luau", "return 1");
+    p.run(&["run", "first.luau"]).ok();
+    // The asking run's own start is committed (every 100 ms) before it asks.
+    let src = r#"require("stagecraft/exec").run({ "sleep", "0.3" })
+print(require("stagecraft/ledger").run("last").script)
+"#;
+    p.script(src, &["--allow", "exec:sleep"])
+        .ok()
+        .stdout_is("first.luau\n");
+}
+
+#[test]
+fn ledger_listing_into_a_closed_pipe_ends_quietly() {
+    let p = Project::new();
+    for _ in 0..3 {
+        p.script("return 1", &[]).ok();
+    }
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = p
+        .cmd(&["ledger", "ls"])
+        .cmd
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run ledger ls");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}

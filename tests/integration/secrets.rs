@@ -695,12 +695,21 @@ print(#r.stdout, r.stdout:sub(1, 4), r.stdout:sub(5))
 "#,
     );
     let live = p
-        .cmd(&["run", "pieces.luau", "--allow", "secrets:TOKEN", "--allow", "exec:sh"])
+        .cmd(&[
+            "run",
+            "pieces.luau",
+            "--allow",
+            "secrets:TOKEN",
+            "--allow",
+            "exec:sh",
+        ])
         .env("TOKEN", SECRET)
         .output()
         .ok()
         .stdout_is("10\t[RED\tACTED]\n");
     assert_never_leaks(&p, SECRET, &[&live]);
     // Replay sees exactly what the live run saw.
-    p.run(&["replay", "last"]).ok().stderr_has("10\t[RED\tACTED]\n");
+    p.run(&["replay", "last"])
+        .ok()
+        .stderr_has("10\t[RED\tACTED]\n");
 }
