@@ -79,6 +79,17 @@ fn count(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// How many exec.run calls of run `id` have started (their call.start is committed): polling
+/// for BLOCKING_SCRIPT's second one waits until the script is blocked on the fifo.
+fn exec_starts(conn: &Connection, id: &str) -> Option<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM entries WHERE run_id = ?1 AND kind = 'call.start' AND op = 'exec.run'",
+        [id],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
 /// Whether the run started by process `pid` is in the ledger yet (for polling: the database
 /// may exist before its schema does).
 fn has_run_of_pid(conn: &Connection, pid: u32) -> bool {
@@ -227,7 +238,28 @@ fn verify_ok(p: &Project) -> Out {
         .stdout_has(&format!("ledger {} OK: ", printed_ledger(p).display()))
 }
 
-/// Three runs of four entries each: run.start, os.time, exec.run, run.end (seqs 1..=12).
+/// The seq of the `n`th (from 0) entry of this kind and op, in ledger order.
+fn nth_seq(conn: &Connection, kind: &str, op: &str, n: i64) -> i64 {
+    count(
+        conn,
+        "SELECT seq FROM entries WHERE kind = ?1 AND op = ?2 ORDER BY seq LIMIT 1 OFFSET ?3",
+        params![kind, op, n],
+    )
+}
+
+/// Every entry of the ledger as (kind, op), in sequence order.
+fn kinds_and_ops(conn: &Connection) -> Vec<(String, String)> {
+    let mut stmt = conn
+        .prepare("SELECT kind, op FROM entries ORDER BY seq")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+/// Three runs of five entries each: run.start, os.time, exec.run's call.start and call, run.end
+/// (seqs 1..=15). The tamper tests pick their targets by query; this pins where those are.
 fn three_runs() -> Project {
     let p = Project::new().file(
         "tick.luau",
@@ -239,9 +271,24 @@ fn three_runs() -> Project {
     for _ in 0..3 {
         p.run(&["run", "tick.luau", "--allow", "exec:sh"]).ok();
     }
-    assert_eq!(count(&p.db(), "SELECT count(*) FROM entries", []), 12);
+    let conn = p.db();
+    assert_eq!(count(&conn, "SELECT count(*) FROM entries", []), 15);
+    assert_eq!(count(&conn, "SELECT max(seq) FROM entries", []), 15);
+    let one_run = [
+        ("run.start", "run.start"),
+        ("call", "os.time"),
+        ("call.start", "exec.run"),
+        ("call", "exec.run"),
+        ("run.end", "run.end"),
+    ];
+    let want: Vec<(String, String)> = (0..3)
+        .flat_map(|_| one_run)
+        .map(|(k, o)| (k.to_string(), o.to_string()))
+        .collect();
+    assert_eq!(kinds_and_ops(&conn), want);
+    drop(conn);
     p.run(&["ledger", "verify"]).ok().stdout_is(&format!(
-        "ledger {} OK: 12 entries in 3 runs, chain intact, signed head at entry 12\n",
+        "ledger {} OK: 15 entries in 3 runs, chain intact, signed head at entry 15\n",
         printed_ledger(&p).display()
     ));
     p
@@ -319,7 +366,8 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
-/// A script that records `run.start` and two calls, then blocks until a line arrives on `fifo`.
+/// A script that records `run.start` and two calls (os.time; exec.run's call.start and call),
+/// then blocks until a line arrives on `fifo`, in an exec.run whose call.start is recorded.
 const BLOCKING_SCRIPT: &str = "local exec = require(\"stagecraft/exec\")\n\
      local t = os.time()\n\
      exec.run({ \"sh\", \"-c\", \"echo before\" })\n\
@@ -445,16 +493,20 @@ fn a_run_records_its_calls_modules_and_metadata() {
         "exec.run: program 'no-such-program-xyz' not found"
     );
 
-    // The canonical args are what the database holds, byte for byte.
+    // The canonical args are what the database holds, byte for byte, in the call entry and in
+    // the call.start written before it.
     let conn = p.db();
-    let raw: String = conn
-        .query_row(
-            "SELECT args FROM entries WHERE run_id = ?1 AND op = 'exec.run' ORDER BY seq LIMIT 1",
-            [&run_id],
-            |r| r.get(0),
-        )
-        .expect("raw args");
-    assert_eq!(raw, r#"{"argv":["sh","-c","echo hi"],"opts":{}}"#);
+    for kind in ["call", "call.start"] {
+        let raw: String = conn
+            .query_row(
+                "SELECT args FROM entries WHERE run_id = ?1 AND kind = ?2 AND op = 'exec.run' \
+                 ORDER BY seq LIMIT 1",
+                [&run_id, kind],
+                |r| r.get(0),
+            )
+            .expect("raw args");
+        assert_eq!(raw, r#"{"argv":["sh","-c","echo hi"],"opts":{}}"#, "{kind}");
+    }
 
     // Sources: the script and the module, by sha256.
     let source = |sha: &str| -> Vec<u8> {
@@ -502,7 +554,8 @@ fn a_run_records_its_calls_modules_and_metadata() {
         .stdout_has(
             r#"{"argv":["sh","-c","echo hi"],"opts":{}} -> {"code":0,"stderr":"","stdout":"hi\n"}"#,
         )
-        .stdout_has("ERROR exec.run: program 'no-such-program-xyz' not found");
+        .stdout_has("ERROR exec.run: program 'no-such-program-xyz' not found")
+        .stdout_lacks("(no result");
 
     // ledger export: one JSON line per entry, in sequence order, hashes as stored.
     let export = p.run(&["ledger", "export"]).ok();
@@ -518,7 +571,16 @@ fn a_run_records_its_calls_modules_and_metadata() {
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["run.start", "module", "call", "call", "call", "run.end"]
+        [
+            "run.start",
+            "module",
+            "call",
+            "call.start",
+            "call",
+            "call.start",
+            "call",
+            "run.end"
+        ]
     );
     for (i, l) in lines.iter().enumerate() {
         let seq = i as i64 + 1;
@@ -533,8 +595,22 @@ fn a_run_records_its_calls_modules_and_metadata() {
         assert_eq!(l["mac"], mac.as_str());
     }
     assert_eq!(lines[0]["args"]["script"], "deploy.luau");
-    assert_eq!(lines[5]["result"]["status"], "ok");
-    assert_eq!(lines[4]["error"]["kind"], "not_found");
+    assert_eq!(lines[7]["result"]["status"], "ok");
+    assert_eq!(lines[6]["error"]["kind"], "not_found");
+    // Each exec.run wrote its call.start (same task, idx, op and args; no outcome; no duration)
+    // right before its call; os.time, synchronous, wrote only its call.
+    assert_eq!(lines[2]["op"], "os.time");
+    for (start, done) in [(&lines[3], &lines[4]), (&lines[5], &lines[6])] {
+        assert_eq!(start["op"], "exec.run");
+        for field in ["task", "idx", "op", "args"] {
+            assert_eq!(start[field], done[field], "{field}");
+        }
+        assert_eq!(start["result"], Value::Null);
+        assert_eq!(start["error"], Value::Null);
+        assert_eq!(start["duration_us"], 0);
+    }
+    assert_eq!(lines[4]["idx"], 1);
+    assert_eq!(lines[6]["idx"], 2);
     assert_eq!(
         p.run(&["ledger", "export", "--json"]).ok().stdout,
         export.stdout
@@ -542,9 +618,9 @@ fn a_run_records_its_calls_modules_and_metadata() {
 
     let report = p.run(&["ledger", "verify", "--json"]).ok().json();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["entries"], 6);
+    assert_eq!(report["entries"], 8);
     assert_eq!(report["runs"], 1);
-    assert_eq!(report["checkpoint_seq"], 6);
+    assert_eq!(report["checkpoint_seq"], 8);
     assert_eq!(report["first_bad_seq"], Value::Null);
     drop(conn);
 
@@ -617,72 +693,133 @@ fn updates_and_deletes_are_refused_by_sqlite() {
 
 #[test]
 fn tamper_edited_args_are_named() {
+    // The second run's os.time call, in the middle of the ledger.
     let p = three_runs();
+    let target = nth_seq(&p.db(), "call", "os.time", 1);
     tamper(&p, |c| {
         c.execute(
-            "UPDATE entries SET args = '{\"forged\":true}' WHERE seq = 6",
-            [],
+            "UPDATE entries SET args = '{\"forged\":true}' WHERE seq = ?1",
+            [target],
         )
         .expect("edit");
     });
-    verify_fails(&p, Some(6), "entry 6 was modified (hash mismatch)");
+    verify_fails(
+        &p,
+        Some(target),
+        &format!("entry {target} was modified (hash mismatch)"),
+    );
+
+    // A call.start entry is chained and checked like any other.
+    let p = three_runs();
+    let target = nth_seq(&p.db(), "call.start", "exec.run", 1);
+    tamper(&p, |c| {
+        c.execute(
+            "UPDATE entries SET args = '{\"forged\":true}' WHERE seq = ?1",
+            [target],
+        )
+        .expect("edit");
+    });
+    verify_fails(
+        &p,
+        Some(target),
+        &format!("entry {target} was modified (hash mismatch)"),
+    );
 }
 
 #[test]
 fn tamper_deleted_middle_entry_is_named() {
+    // The second run's exec.run call (its result), in the middle of the ledger.
     let p = three_runs();
+    let target = nth_seq(&p.db(), "call", "exec.run", 1);
     tamper(&p, |c| {
-        c.execute("DELETE FROM entries WHERE seq = 7", [])
+        c.execute("DELETE FROM entries WHERE seq = ?1", [target])
             .expect("delete");
     });
-    verify_fails(&p, Some(7), "entries 7..7 are missing (deleted)");
+    verify_fails(
+        &p,
+        Some(target),
+        &format!("entries {target}..{target} are missing (deleted)"),
+    );
 }
 
 #[test]
 fn tamper_truncated_tail_is_named() {
+    // Everything after the third run's run.start, from its first call on.
     let p = three_runs();
+    let conn = p.db();
+    let head = count(&conn, "SELECT max(seq) FROM entries", []);
+    let from = nth_seq(&conn, "call", "os.time", 2);
+    assert_eq!(from, nth_seq(&conn, "run.start", "run.start", 2) + 1);
+    drop(conn);
     tamper(&p, |c| {
-        c.execute("DELETE FROM entries WHERE seq >= 10", [])
+        c.execute("DELETE FROM entries WHERE seq >= ?1", [from])
             .expect("truncate");
     });
     verify_fails(
         &p,
-        Some(10),
-        "ledger truncated: the signed head is entry 12 but the database ends at 9",
+        Some(from),
+        &format!(
+            "ledger truncated: the signed head is entry {head} but the database ends at {}",
+            from - 1
+        ),
     );
 }
 
 #[test]
 fn tamper_rehashed_chain_with_stale_or_forged_macs_is_named() {
+    // The second run's os.time call is edited and the chain re-hashed from there.
     let p = three_runs();
+    let target = nth_seq(&p.db(), "call", "os.time", 1);
     tamper(&p, |c| {
-        c.execute("UPDATE entries SET args = '{\"x\":1}' WHERE seq = 6", [])
-            .expect("edit");
-        rehash_from(c, 6, None, None);
+        c.execute(
+            "UPDATE entries SET args = '{\"x\":1}' WHERE seq = ?1",
+            [target],
+        )
+        .expect("edit");
+        rehash_from(c, target, None, None);
     });
-    verify_fails(&p, Some(6), "entry 6 has an invalid signature (re-hashed?)");
+    verify_fails(
+        &p,
+        Some(target),
+        &format!("entry {target} has an invalid signature (re-hashed?)"),
+    );
 
     let p = three_runs();
+    let target = nth_seq(&p.db(), "call", "os.time", 1);
     tamper(&p, |c| {
-        c.execute("UPDATE entries SET args = '{\"x\":1}' WHERE seq = 6", [])
-            .expect("edit");
-        rehash_from(c, 6, Some(&"ab".repeat(32)), None);
+        c.execute(
+            "UPDATE entries SET args = '{\"x\":1}' WHERE seq = ?1",
+            [target],
+        )
+        .expect("edit");
+        rehash_from(c, target, Some(&"ab".repeat(32)), None);
     });
-    verify_fails(&p, Some(6), "entry 6 has an invalid signature (re-hashed?)");
+    verify_fails(
+        &p,
+        Some(target),
+        &format!("entry {target} has an invalid signature (re-hashed?)"),
+    );
 }
 
 #[test]
 fn tamper_rehashed_chain_relabelled_to_another_key_is_caught_by_the_checkpoint() {
     let p = three_runs();
+    let conn = p.db();
+    let target = nth_seq(&conn, "call", "os.time", 1);
+    let head = count(&conn, "SELECT max(seq) FROM entries", []);
+    drop(conn);
     tamper(&p, |c| {
-        c.execute("UPDATE entries SET args = '{\"x\":1}' WHERE seq = 6", [])
-            .expect("edit");
-        rehash_from(c, 6, Some(&"cd".repeat(32)), Some("0123456789abcdef"));
+        c.execute(
+            "UPDATE entries SET args = '{\"x\":1}' WHERE seq = ?1",
+            [target],
+        )
+        .expect("edit");
+        rehash_from(c, target, Some(&"cd".repeat(32)), Some("0123456789abcdef"));
     });
     verify_fails(
         &p,
-        Some(6),
-        "chain rewritten: entry 12 no longer matches the signed head",
+        Some(target),
+        &format!("chain rewritten: entry {head} no longer matches the signed head"),
     );
 }
 
@@ -696,7 +833,8 @@ fn tamper_deleted_or_forged_checkpoint_is_caught() {
 
     // Moved back to an earlier entry (hiding a truncation), keeping the old signature.
     let mut forged: Value = serde_json::from_str(&original).expect("head is JSON");
-    forged["seq"] = json!(8);
+    // The second run's run.end.
+    forged["seq"] = json!(nth_seq(&p.db(), "run.end", "run.end", 1));
     std::fs::write(&head, forged.to_string()).expect("write head");
     verify_fails(
         &p,
@@ -906,6 +1044,203 @@ fn kill_9_at_any_point_leaves_a_verifiable_ledger() {
     );
 }
 
+/// Processes whose parent is `parent` and whose command is `comm`, as (pid, process group), read
+/// from /proc.
+fn children_named(parent: u32, comm: &str) -> Vec<(i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for d in dir.flatten() {
+        let Some(pid) = d.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(d.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ppid = fields.get(1).and_then(|f| f.parse::<u32>().ok());
+        let pgrp = fields.get(2).and_then(|f| f.parse::<i32>().ok());
+        if &stat[open + 1..close] == comm
+            && ppid == Some(parent)
+            && let Some(pgrp) = pgrp
+        {
+            found.push((pid, pgrp));
+        }
+    }
+    found
+}
+
+/// Whether `pid` is gone (or a zombie nobody has reaped yet).
+fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// The run and its `sleep` (in its own process group), killed with SIGKILL however the test
+/// ends, so that no `sleep 30` outlives it.
+struct KillOnDrop {
+    run: Option<Child>,
+    group: Option<i32>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            let groups = children_named(run.id(), "sleep");
+            let _ = run.kill();
+            let _ = run.wait();
+            for (_, pgrp) in groups {
+                // SAFETY: plain kill(2) on a process group this test started.
+                unsafe { libc::kill(-pgrp, libc::SIGKILL) };
+            }
+        }
+        if let Some(pgrp) = self.group.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgrp, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn kill_9_during_a_long_call_leaves_its_start_in_the_ledger() {
+    let p = Project::new().file(
+        "long.luau",
+        "local exec = require(\"stagecraft/exec\")\n\
+         for _ = 1, 3 do os.time() end\n\
+         exec.run({ \"sleep\", \"30\" })\n\
+         return 1\n",
+    );
+    let child = spawn(&p, &["run", "long.luau", "--allow", "exec:sleep"], false);
+    let pid = child.id();
+    let mut guard = KillOnDrop {
+        run: Some(child),
+        group: None,
+    };
+
+    // The call.start of exec.run is committed before the sleep is even spawned.
+    let (id, start_seq) = poll_until(
+        "the call.start of exec.run to be committed",
+        Duration::from_secs(10),
+        || {
+            let run = guard.run.as_mut().expect("the run");
+            if let Some(status) = run.try_wait().expect("try_wait") {
+                panic!("the run ended before it was killed: {status}");
+            }
+            let c = try_open(&p.ledger())?;
+            let id = run_id_of_pid(&c, pid)?;
+            let seq: i64 = c
+                .query_row(
+                    "SELECT seq FROM entries WHERE run_id = ?1 AND kind = 'call.start' \
+                     AND op = 'exec.run'",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .ok()?;
+            Some((id, seq))
+        },
+    );
+    // The sleep, once it runs, leads its own process group.
+    let (sleep_pid, pgid) = poll_until("sleep to be running", Duration::from_secs(10), || {
+        children_named(pid, "sleep").into_iter().next()
+    });
+    assert_eq!(
+        pgid, sleep_pid,
+        "exec.run puts the child in its own process group"
+    );
+    guard.group = Some(pgid);
+
+    // kill -9 the run mid-call, then the orphaned sleep's group.
+    let mut run = guard.run.take().expect("the run");
+    run.kill().expect("kill -9");
+    let status = run.wait().expect("wait for the killed run");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    // SAFETY: plain kill(2) on the process group of the sleep this test started.
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 -{pgid}");
+    guard.group = None;
+    poll_until("sleep to die", Duration::from_secs(10), || {
+        is_dead(sleep_pid).then_some(())
+    });
+
+    // ledger show: the three os.time calls, then exec.run started but never finished.
+    let line = format!(
+        "{start_seq:>6}  {:<14}  {:<16}  {:>7}us  {} -> (no result: the run ended during this call)\n",
+        "main", "exec.run", 0, r#"{"argv":["sleep","30"],"opts":{}}"#
+    );
+    let text = p
+        .run(&["ledger", "show", "last"])
+        .ok()
+        .stdout_has(&format!("run       {id}\n"))
+        .stdout_has("status    interrupted")
+        .stdout_has(&line);
+    assert_eq!(
+        text.stdout.matches("(no result").count(),
+        1,
+        "{}",
+        text.stdout
+    );
+    assert_eq!(text.stdout.matches("main            os.time ").count(), 3);
+
+    // ledger show --json: the same, the unfinished call as kind call.start.
+    let shown = show(&p, "last");
+    assert_eq!(shown["run"]["id"], id.as_str());
+    assert_eq!(shown["run"]["status"], "interrupted");
+    assert_eq!(shown["run"]["exit_code"], Value::Null);
+    assert_eq!(shown["run"]["end"], Value::Null);
+    assert_eq!(shown["run"]["calls"], 3);
+    let entries = shown["entries"].as_array().expect("entries");
+    let ops: Vec<(&str, &str, i64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["op"].as_str().unwrap(),
+                e["idx"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("call", "os.time", 0),
+            ("call", "os.time", 1),
+            ("call", "os.time", 2),
+            ("call.start", "exec.run", 3),
+        ]
+    );
+    let started = &entries[3];
+    assert_eq!(started["seq"], start_seq);
+    assert_eq!(started["task"], "main");
+    assert_eq!(
+        started["args"],
+        json!({ "argv": ["sleep", "30"], "opts": {} })
+    );
+    assert_eq!(started["result"], Value::Null);
+    assert_eq!(started["error"], Value::Null);
+    assert_eq!(started["duration_us"], 0);
+
+    // The chain is intact, and the run lists as interrupted.
+    verify_ok(&p).stdout_has(&format!(
+        "OK: 5 entries in 1 runs, chain intact, signed head at entry {start_seq}\n"
+    ));
+    p.run(&["ledger", "ls"])
+        .ok()
+        .stdout_has(&format!("{id}  interrupted     -       3  "));
+    let listed = runs(&p);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "interrupted");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Concurrency
 // ---------------------------------------------------------------------------------------------
@@ -1088,9 +1423,10 @@ fn entries_are_committed_while_the_run_is_still_going() {
     );
     let pid = child.id();
     let spawned = Instant::now();
+    let _release = ReleaseOnDrop(fifo.clone()); // should an assertion fail while it is blocked
 
     let ops = poll_until(
-        "run.start and the first calls",
+        "run.start, the first calls and the start of the blocking one",
         Duration::from_secs(5),
         || {
             let c = try_open(&p.ledger())?;
@@ -1103,7 +1439,7 @@ fn entries_are_committed_while_the_run_is_still_going() {
                 .ok()?
                 .collect::<rusqlite::Result<_>>()
                 .ok()?;
-            (ops.len() >= 3).then_some(ops)
+            (ops.len() >= 5).then_some(ops)
         },
     );
     eprintln!("entries visible {:?} after spawn", spawned.elapsed());
@@ -1112,12 +1448,23 @@ fn entries_are_committed_while_the_run_is_still_going() {
         [
             ("run.start".to_string(), "run.start".to_string()),
             ("call".to_string(), "os.time".to_string()),
+            ("call.start".to_string(), "exec.run".to_string()),
             ("call".to_string(), "exec.run".to_string()),
+            ("call.start".to_string(), "exec.run".to_string()),
         ]
     );
     let listed = runs(&p);
     assert_eq!(listed[0]["status"], "running");
     assert_eq!(listed[0]["calls"], 2);
+    // The call in progress shows as started; the finished ones only as calls.
+    let running = show(&p, "last");
+    let kinds: Vec<(&str, i64)> = running["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["idx"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("call", 0), ("call", 1), ("call.start", 2)]);
 
     use std::io::Write;
     let mut gate = open_fifo_writer(&fifo);
@@ -1128,7 +1475,10 @@ fn entries_are_committed_while_the_run_is_still_going() {
     let shown = show(&p, "last");
     assert_eq!(shown["run"]["status"], "ok");
     assert_eq!(shown["run"]["calls"], 4);
-    assert_eq!(shown["entries"][2]["result"]["stdout"], "got go\n");
+    let entries = shown["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 4);
+    assert!(entries.iter().all(|e| e["kind"] == "call"), "{shown:#}");
+    assert_eq!(entries[2]["result"]["stdout"], "got go\n");
 }
 
 #[test]
@@ -1188,9 +1538,15 @@ fn a_dead_run_is_interrupted_before_and_after_the_sweep() {
     );
     let pid = child.id();
     let _release = ReleaseOnDrop(fifo.clone());
-    let id = poll_until("the run to be recorded", Duration::from_secs(10), || {
-        try_open(&p.ledger()).and_then(|c| run_id_of_pid(&c, pid))
-    });
+    let id = poll_until(
+        "the run to be blocked on the fifo",
+        Duration::from_secs(10),
+        || {
+            let c = try_open(&p.ledger())?;
+            let id = run_id_of_pid(&c, pid)?;
+            (exec_starts(&c, &id)? == 2).then_some(id)
+        },
+    );
     assert_eq!(show(&p, &id)["run"]["status"], "running");
     child.kill().expect("kill -9");
     child.wait().expect("wait");
@@ -1222,8 +1578,21 @@ fn a_dead_run_is_interrupted_before_and_after_the_sweep() {
         !p.path(&format!(".stagecraft/ledger.db.runs/{id}.lock"))
             .exists()
     );
-    // Entries committed before the kill are kept.
-    assert_eq!(after["entries"].as_array().map(Vec::len), Some(2));
+    // Entries committed before the kill are kept, the call it died in as started only.
+    let kept: Vec<(&str, &str)> = after["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("call", "os.time"),
+            ("call", "exec.run"),
+            ("call.start", "exec.run")
+        ]
+    );
     verify_ok(&p);
 }
 
