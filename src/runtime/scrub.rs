@@ -38,26 +38,40 @@
 //! - the **hex dump** view reads hex digits and skips runs of spaces, tabs, colons and carriage
 //!   returns holding at most one `\n` between two of them.
 //!
-//! Both skip a separator only when it is at most [`MAX_BREAK_LEN`] bytes long. A view match counts
+//! Both skip a separator only when it is at most [`MAX_BREAK_LEN`] bytes long, and one holding a
+//! line break only after a wrapped line: one holding nothing but the view's text after its
+//! indentation, at least [`MIN_WRAP_WIDTH`] characters of it (the last line of a wrapped form may
+//! be shorter), or a line ending with at least 80 of them. A view match counts
 //! only when it crosses a separator holding a line break (one on a single line is a plain match of
 //! the compact or space- or colon-separated pattern), and only patterns made entirely of a view's
 //! characters are searched in it: base64 and hex forms, and raw values such as alphanumeric tokens.
 //! The whole span of a view match, the line breaks and indentation inside it included, is
-//! replaced by one marker. Views are searched only around line breaks, found with a word-at-a-time
-//! scan, so text without line breaks costs nothing more, and they need no allocation when nothing
-//! matches.
+//! replaced by one marker.
+//!
+//! Views are searched only around line breaks, found sixteen bytes at a time. Each line break is
+//! first tested against the short substrings of the patterns (the bytes on either side must be
+//! the middle of some pattern); the few that pass are searched in a window of the longest
+//! pattern's length on either side, with an automaton stepped by hand, so that nothing is
+//! allocated unless something matches. A [`StreamScrubber`] holds back a tail that could be the
+//! start of a wrapped form read in a view, at most [`Scrubber::max_held_back`] bytes.
 //!
 //! Known limits:
 //! - the marker itself is not re-scanned. A pathological secret that overlaps the text
 //!   `[REDACTED]` (for instance the value `ACTED]xyz`) could reappear where a marker meets the text
 //!   next to it;
 //! - a hex dump with an offset column or an ASCII column (`xxd`, `hexdump -C`, `od` without
-//!   `-An`) is caught only where the whole secret fits on one line with single-space separators
-//!   (`hexdump -C` puts two spaces in the middle of each line); its ASCII column shows up to 16
-//!   bytes of the value per line in the clear, which no pattern of the whole value can catch;
+//!   `-An`) is caught only where the whole value fits on one line with single-space separators
+//!   (`hexdump -C` puts two spaces in the middle of each line, `xxd` groups two bytes); its ASCII
+//!   column shows up to 16 bytes of the value a line in the clear, which no pattern of the whole
+//!   value can catch;
+//! - one line of a wrapped encoding printed on its own (say by `head -1`) is only part of the
+//!   value's encoding and is not caught;
 //! - mixed-case hex or percent-encoding (`De:aD`, `%2f%2F`), base64 wrapped inside a JSON string
-//!   (`\n` written as a backslash and `n`), and separators longer than [`MAX_BREAK_LEN`] are not
-//!   caught.
+//!   (`\n` written as a backslash and `n`), a blank line or more than [`MAX_BREAK_LEN`] bytes of
+//!   separator between two pieces, lines narrower than [`MIN_WRAP_WIDTH`] characters (wrapped
+//!   with `base64 -w 8`), a first line shorter than 80 characters that starts with other text
+//!   (`token: ghp_…` cut by `fold`), and hex separated by anything but blanks and colons
+//!   (`de-ad`) are not caught.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
@@ -82,6 +96,19 @@ pub const REDACTED: &str = "[REDACTED]";
 /// `\r\n` and the indentation of the next line (or a colon, a line break and that indentation).
 pub const MAX_BREAK_LEN: usize = 16;
 
+/// Fewest characters of a view that the line before a line break must hold for the break to be
+/// skipped: encoders wrap at 60 to 76 columns (`od` at 16 bytes, `openssl` at 15), and ordinary
+/// text rarely has such lines, so a stream need not hold their ends back.
+pub const MIN_WRAP_WIDTH: usize = 16;
+
+/// Characters of a view after which a line counts as wrapped whatever comes before them on it;
+/// shorter lines must hold nothing but the view's text after their indentation.
+const LONG_LINE: usize = 80;
+
+/// Bytes a [`StreamScrubber`] keeps after emitting them: as many as deciding whether a later line
+/// break is skipped may look back at (see [`View::wrapped_line_before`]).
+const STREAM_CONTEXT: usize = (LONG_LINE + 2) * (MAX_BREAK_LEN + 1);
+
 /// Percent-encoding set for the strict form: everything except RFC 3986 unreserved characters.
 const STRICT_URL: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -98,6 +125,15 @@ const PREFIX_LEN_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Total length of the view patterns up to which their detection automaton is a DFA (fastest,
 /// about 512 bytes a state); above it, a compact NFA.
 const VIEW_DFA_MAX_BYTES: usize = 4096;
+
+/// Number of bits (a power of two) of the [`Grams`] filter: 32 KiB.
+const GRAM_BITS: usize = 1 << 18;
+
+/// Number of bits (a power of two) for three-byte strings in the [`Grams`] filter: 16 KiB.
+const TRIPLE_BITS: usize = 1 << 17;
+
+/// Length of the strings in the [`Grams`] filter: that of the shortest pattern.
+const GRAM_LEN: usize = MIN_SECRET_LEN;
 
 /// A way of reading text in which some separators between characters are invisible.
 struct View {
@@ -122,6 +158,9 @@ const fn byte_table(bytes: &[u8]) -> [bool; 256] {
 
 /// Both base64 alphabets and the padding character.
 const BASE64_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=";
+
+/// Bytes some view's separators are made of.
+const ANY_SEP: [bool; 256] = byte_table(b" \t\r\n:");
 
 /// The views a pattern is also searched in; see the module documentation.
 const VIEWS: [View; 2] = [
@@ -165,10 +204,26 @@ struct Matcher {
     /// Prefixes of every pattern, for deciding how much of a stream to hold back.
     prefixes: Prefixes,
     /// For each of [`VIEWS`], the prefixes of the patterns made of its characters.
-    view_prefixes: [Prefixes; 2],
+    view_prefixes: [Prefixes; VIEWS.len()],
     /// Automaton over the patterns of every view, stepped by hand to detect a view match without
     /// allocating; `None` when no pattern can match in a view.
     view_detector: Option<Detector>,
+    /// Short substrings of the patterns of every view, to rule line breaks out quickly.
+    grams: Grams,
+}
+
+/// A filter over the substrings of the patterns of every view: every pair of bytes, exactly, every
+/// three bytes (one hashed bit a string) and every [`GRAM_LEN`] bytes (a Bloom filter with two
+/// bits a string), with few others. It rules out most line breaks before a view is searched
+/// around them.
+#[derive(Clone)]
+struct Grams {
+    /// One bit for each pair of bytes.
+    pairs: Vec<u64>,
+    /// `TRIPLE_BITS` bits for strings of three bytes (one bit a string).
+    triples: Vec<u64>,
+    /// `GRAM_BITS` bits for the strings of [`GRAM_LEN`] bytes.
+    bits: Vec<u64>,
 }
 
 /// Which texts are the beginning of some pattern of a set.
@@ -220,10 +275,15 @@ impl Hasher for KeyHasher {
 pub struct StreamScrubber {
     /// The registry; secrets added to it mid-stream apply from the next chunk on.
     scrubber: Arc<Scrubber>,
-    /// Bytes received but not yet decided: they could be the start of a secret.
+    /// The last bytes emitted (at most [`STREAM_CONTEXT`]), then the bytes received but not yet
+    /// decided: they could be the start of a secret.
     pending: Vec<u8>,
-    /// How many leading bytes of `pending` lie inside an occurrence whose marker was already
-    /// emitted; they are kept only because a later, overlapping occurrence may start among them.
+    /// How many leading bytes of `pending` were emitted already. They are kept because whether a
+    /// line break is skipped depends on the line before it.
+    context: usize,
+    /// How many bytes of `pending` after `context` lie inside an occurrence whose marker was
+    /// already emitted; they are kept only because a later, overlapping occurrence may start
+    /// among them.
     covered: usize,
 }
 
@@ -260,10 +320,9 @@ impl Scrubber {
         else {
             return false;
         };
-        let view_patterns: Vec<&String> = next
-            .iter()
-            .filter(|p| in_view(&VIEWS[0], p.as_bytes()))
-            .collect();
+        let in_some_view = |p: &[u8]| VIEWS.iter().any(|view| in_view(view, p));
+        let view_patterns: Vec<&String> =
+            next.iter().filter(|p| in_some_view(p.as_bytes())).collect();
         let view_detector = if view_patterns.is_empty() {
             None
         } else {
@@ -277,9 +336,12 @@ impl Scrubber {
             .as_ref()
             .map_or_else(Prefixes::default, |m| m.prefixes.clone());
         let mut view_prefixes = previous.as_ref().map_or_else(
-            || [Prefixes::default(), Prefixes::default()],
+            || std::array::from_fn(|_| Prefixes::default()),
             |m| m.view_prefixes.clone(),
         );
+        let mut grams = previous
+            .as_ref()
+            .map_or_else(Grams::new, |m| m.grams.clone());
         for pattern in &new {
             let bytes = pattern.as_bytes();
             prefixes.insert(bytes);
@@ -287,6 +349,9 @@ impl Scrubber {
                 if in_view(view, bytes) {
                     set.insert(bytes);
                 }
+            }
+            if in_some_view(bytes) {
+                grams.insert(bytes);
             }
         }
         let matcher = Matcher {
@@ -296,6 +361,7 @@ impl Scrubber {
             prefixes,
             view_prefixes,
             view_detector,
+            grams,
         };
         *patterns = next;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(matcher));
@@ -326,7 +392,7 @@ impl Scrubber {
         match self.snapshot() {
             Some(matcher) if matcher.is_match(b) => {
                 let mut out = Vec::with_capacity(b.len());
-                matcher.redact_into(b, 0, b.len(), &mut out);
+                matcher.redact_into(b, 0, 0, b.len(), &mut out);
                 out
             }
             _ => b.to_vec(),
@@ -361,6 +427,7 @@ impl Scrubber {
         StreamScrubber {
             scrubber: Arc::clone(self),
             pending: Vec::new(),
+            context: 0,
             covered: 0,
         }
     }
@@ -411,7 +478,7 @@ impl Matcher {
             return Cow::Borrowed(s);
         }
         let mut out = Vec::with_capacity(hay.len());
-        self.redact_into(hay, 0, hay.len(), &mut out);
+        self.redact_into(hay, 0, 0, hay.len(), &mut out);
         // Patterns are valid UTF-8 and view matches start and end on a pattern's ASCII
         // characters, so every redacted span starts and ends on a character boundary and the
         // result is valid UTF-8; the lossy fallback is never taken.
@@ -425,17 +492,25 @@ impl Matcher {
     /// in a view) with one marker, and returns how far `hay` is handled (at least `cutoff`, more
     /// when the last run extends past it).
     ///
-    /// Only matches starting before `cutoff` are considered: the caller guarantees that every
-    /// match starting there lies wholly inside `hay`. The first `done` bytes are already covered
-    /// by a marker the caller emitted, so a match starting among them extends that run.
+    /// Only matches starting in `from..cutoff` are considered: the caller guarantees that every
+    /// match starting there lies wholly inside `hay`, and the bytes before `from` are context
+    /// it handled already. The bytes in `from..done` are already covered by a marker the caller
+    /// emitted, so a match starting among them extends that run.
     ///
     /// After each match the search resumes one byte after its start, so every position where a
     /// pattern starts is visited (leftmost-longest reports the longest pattern at the leftmost
     /// start) and the union of all occurrences is redacted, overlapping ones included.
-    fn redact_into(&self, hay: &[u8], mut done: usize, cutoff: usize, out: &mut Vec<u8>) -> usize {
+    fn redact_into(
+        &self,
+        hay: &[u8],
+        from: usize,
+        mut done: usize,
+        cutoff: usize,
+        out: &mut Vec<u8>,
+    ) -> usize {
         let cutoff = cutoff.min(hay.len());
         let mut spans = Vec::new();
-        let mut pos = 0;
+        let mut pos = from;
         while pos < cutoff {
             let Some(m) = self.automaton.find(Input::new(hay).span(pos..hay.len())) else {
                 break;
@@ -447,11 +522,7 @@ impl Matcher {
             pos = m.start() + 1;
         }
         if self.view_detector.is_some() {
-            for (view, prefixes) in VIEWS.iter().zip(&self.view_prefixes) {
-                if prefixes.max_len > 0 {
-                    self.view_spans(view, prefixes.max_len, hay, cutoff, &mut spans);
-                }
-            }
+            self.view_spans(hay, from, cutoff, &mut spans);
             spans.sort_unstable();
         }
         for (start, end) in spans {
@@ -470,41 +541,113 @@ impl Matcher {
         done
     }
 
-    /// Adds to `spans` every match in `view` that crosses a line break and starts before
-    /// `cutoff`, as a byte range of `hay`; `max_len` is the longest pattern of the view.
-    fn view_spans(
+    /// Calls `visit(view, separator start, separator end)` for each line break of `hay` at or
+    /// after `from` that a pattern of some view may cross, in order, until it returns false.
+    /// Never allocates.
+    fn candidate_breaks(
         &self,
-        view: &View,
-        max_len: usize,
         hay: &[u8],
-        cutoff: usize,
-        spans: &mut Vec<(usize, usize)>,
+        mut from: usize,
+        mut visit: impl FnMut(usize, usize, usize) -> bool,
     ) {
-        // The view's text of one segment, where each of its bytes is in `hay`, and the positions
+        while let Some(newline) = next_newline(hay, from) {
+            from = newline + 1;
+            // Shared quick test on the bytes around the blanks holding the newline, `x2 x1` before
+            // and `y1 y2` after (skipped when `x1` or `y1` is a colon, which the hex dump view
+            // skips too): a match crossing the break holds `x1 y1`, and `x2 x1 y1` or `x1 y1 y2`
+            // as it has at least six characters (either may be hidden by a separator in `x2` or
+            // `y2`, which then passes).
+            let (Some(&x1), Some(&y1)) = (hay.get(newline.wrapping_sub(1)), hay.get(newline + 1))
+            else {
+                continue;
+            };
+            let (blank_start, blank_end) = if ANY_SEP[usize::from(x1)] || ANY_SEP[usize::from(y1)] {
+                blank_run(hay, newline)
+            } else {
+                (newline, newline + 1)
+            };
+            let (Some(&x1), Some(&y1)) = (hay.get(blank_start.wrapping_sub(1)), hay.get(blank_end))
+            else {
+                continue;
+            };
+            if x1 != b':' && y1 != b':' {
+                if !self.grams.has_pair(x1, y1) {
+                    continue;
+                }
+                let x2 = hay.get(blank_start.wrapping_sub(2));
+                let y2 = hay.get(blank_end + 1);
+                let before = x2.is_some_and(|&x2| {
+                    ANY_SEP[usize::from(x2)] || self.grams.has_triple([x2, x1, y1])
+                });
+                let after = y2.is_some_and(|&y2| {
+                    ANY_SEP[usize::from(y2)] || self.grams.has_triple([x1, y1, y2])
+                });
+                if !before && !after {
+                    continue;
+                }
+            }
+            for (index, (view, prefixes)) in VIEWS.iter().zip(&self.view_prefixes).enumerate() {
+                if prefixes.max_len == 0 {
+                    continue;
+                }
+                let Some((sep_start, sep_end)) = view.break_around(hay, newline) else {
+                    continue;
+                };
+                if self.grams.may_cross(view, hay, sep_start, sep_end)
+                    && view.wrapped_line_before(hay, sep_start)
+                    && !visit(index, sep_start, sep_end)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Adds to `spans` every match in a view that crosses a line break and starts in
+    /// `from..cutoff`, as a byte range of `hay`.
+    ///
+    /// Each line break that [`Matcher::candidate_breaks`] lets through is searched in a window
+    /// of `max_len - 1` characters of the view (`max_len` being its longest pattern) on either
+    /// side, which holds every match crossing it. A match crossing several breaks may be found
+    /// more than once; the caller merges.
+    fn view_spans(&self, hay: &[u8], from: usize, cutoff: usize, spans: &mut Vec<(usize, usize)>) {
+        // The view's text of one window, where each of its bytes is in `hay`, and the positions
         // in `text` of the line breaks (a break at i lies between text[i - 1] and text[i]).
         let mut text = Vec::new();
         let mut at = Vec::new();
         let mut breaks = Vec::new();
-        let mut scanned = 0;
-        let mut from = 0;
-        while let Some(newline) = next_newline(hay, from) {
-            from = newline + 1;
-            if newline < scanned {
-                continue;
-            }
-            let Some((sep_start, _)) = view.break_around(hay, newline) else {
-                continue;
+        // Views whose windows now start at or after `cutoff`, as later ones do.
+        let mut past_cutoff = [false; VIEWS.len()];
+        // A match starting at or after `from` crosses line breaks after it only.
+        self.candidate_breaks(hay, from, |index, sep_start, sep_end| {
+            let (Some(view), Some(prefixes)) = (VIEWS.get(index), self.view_prefixes.get(index))
+            else {
+                return true;
             };
+            let max_len = prefixes.max_len;
+            if past_cutoff.get(index).copied().unwrap_or(true) {
+                return true;
+            }
             let start = view.window_start(hay, sep_start, max_len - 1);
             if start >= cutoff {
-                break;
+                if let Some(past) = past_cutoff.get_mut(index) {
+                    *past = true;
+                }
+                return !past_cutoff.iter().all(|&past| past);
             }
             text.clear();
             at.clear();
             breaks.clear();
             let mut i = start;
+            let mut after = 0;
             while let Some(&byte) = hay.get(i) {
                 if view.text[usize::from(byte)] {
+                    if i >= sep_end {
+                        if after + 1 == max_len {
+                            break;
+                        }
+                        after += 1;
+                    }
                     text.push(byte);
                     at.push(i);
                     i += 1;
@@ -517,8 +660,6 @@ impl Matcher {
                     break;
                 }
             }
-            scanned = i;
-            from = from.max(i);
             let mut pos = 0;
             while pos < text.len() {
                 let Some(m) = self.automaton.find(Input::new(&text).span(pos..text.len())) else {
@@ -531,42 +672,29 @@ impl Matcher {
                     break;
                 }
                 let later = breaks.partition_point(|&b| b <= m.start());
-                if breaks.get(later).is_some_and(|&b| b < m.end()) {
+                if first >= from && breaks.get(later).is_some_and(|&b| b < m.end()) {
                     spans.push((first, last + 1));
                 }
                 pos = m.start() + 1;
             }
-        }
+            true
+        });
     }
 
-    /// Whether some view of `hay` holds a match crossing a line break, found by stepping
-    /// `detector` over the segments around each line break. Never allocates.
+    /// Whether some view of `hay` holds a match crossing a line break: the same search as
+    /// [`Matcher::view_spans`], stepping `detector` over each window instead. Never allocates.
     fn view_is_match(&self, detector: &Detector, hay: &[u8]) -> bool {
-        let mut scanned = [0usize; 2];
-        let mut from = 0;
-        while let Some(newline) = next_newline(hay, from) {
-            from = newline + 1;
-            for ((view, prefixes), scanned) in VIEWS
-                .iter()
-                .zip(&self.view_prefixes)
-                .zip(scanned.iter_mut())
-            {
-                if newline < *scanned || prefixes.max_len == 0 {
-                    continue;
-                }
-                let Some((sep_start, _)) = view.break_around(hay, newline) else {
-                    continue;
-                };
-                let start = view.window_start(hay, sep_start, prefixes.max_len - 1);
-                let (found, end) = detector.scan(view, hay, start);
-                if found {
-                    return true;
-                }
-                *scanned = end;
-            }
-            from = from.max(scanned[0].min(scanned[1]));
-        }
-        false
+        let mut found = false;
+        self.candidate_breaks(hay, 0, |index, sep_start, sep_end| {
+            let (Some(view), Some(prefixes)) = (VIEWS.get(index), self.view_prefixes.get(index))
+            else {
+                return true;
+            };
+            let start = view.window_start(hay, sep_start, prefixes.max_len - 1);
+            found = detector.scan(view, hay, start, sep_end, prefixes.max_len - 1);
+            !found
+        });
+        found
     }
 
     /// The first position of `buf` from which the rest of `buf` could still become the start of
@@ -637,19 +765,40 @@ impl StreamScrubber {
 
     /// Emits every decided byte of `pending` (all of them at the end of the stream).
     fn drain(&mut self, at_end: bool) -> Vec<u8> {
-        let Some(matcher) = self.scrubber.snapshot() else {
+        let from = self.context;
+        let (out, cutoff, done) = match self.scrubber.snapshot() {
+            Some(matcher) => {
+                let cutoff = if at_end {
+                    self.pending.len()
+                } else {
+                    matcher.undecided_from(&self.pending).max(from)
+                };
+                let mut out = Vec::with_capacity(self.pending.len() - from);
+                let done =
+                    matcher.redact_into(&self.pending, from, from + self.covered, cutoff, &mut out);
+                (out, cutoff, done)
+            }
+            None => {
+                let len = self.pending.len();
+                (
+                    self.pending.get(from..).unwrap_or_default().to_vec(),
+                    len,
+                    len,
+                )
+            }
+        };
+        if at_end {
+            self.pending.clear();
+            self.context = 0;
             self.covered = 0;
-            return std::mem::take(&mut self.pending);
-        };
-        let cutoff = if at_end {
-            self.pending.len()
-        } else {
-            matcher.undecided_from(&self.pending)
-        };
-        let mut out = Vec::with_capacity(self.pending.len());
-        let done = matcher.redact_into(&self.pending, self.covered, cutoff, &mut out);
-        self.pending.drain(..cutoff);
-        self.covered = done.saturating_sub(cutoff).min(self.pending.len());
+            return out;
+        }
+        let keep_from = cutoff.saturating_sub(STREAM_CONTEXT);
+        self.pending.drain(..keep_from);
+        self.context = cutoff - keep_from;
+        self.covered = done
+            .saturating_sub(cutoff)
+            .min(self.pending.len() - self.context);
         out
     }
 }
@@ -657,7 +806,7 @@ impl fmt::Debug for StreamScrubber {
     /// Shows only how many bytes are held back, never the bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamScrubber")
-            .field("pending", &self.pending.len())
+            .field("pending", &(self.pending.len() - self.context))
             .finish()
     }
 }
@@ -738,6 +887,11 @@ impl Prefixes {
             if run.len() > MAX_BREAK_LEN || newlines > 1 {
                 return cut;
             }
+            // More bytes can make the run a separator holding a line break only after a long
+            // enough line; in a view whose separators need none, it may also stay without one.
+            if !view.wrapped_line_before(buf, trailing) && (newlines == 1 || view.needs_newline) {
+                return cut;
+            }
             i = trailing;
         }
         let mut hash = 0u64;
@@ -772,14 +926,157 @@ impl Prefixes {
     }
 }
 
+impl Grams {
+    /// An empty filter.
+    fn new() -> Self {
+        Grams {
+            pairs: vec![0; (1 << 16) / 64],
+            triples: vec![0; TRIPLE_BITS / 64],
+            bits: vec![0; GRAM_BITS / 64],
+        }
+    }
+
+    /// The two bit indices of a string of [`GRAM_LEN`] bytes: two slices of a multiplicative
+    /// hash.
+    fn indices(gram: &[u8; GRAM_LEN]) -> [usize; 2] {
+        let mut word = [0u8; 8];
+        word[..GRAM_LEN].copy_from_slice(gram);
+        let hash = u64::from_le_bytes(word).wrapping_mul(PREFIX_LEN_MIX);
+        let bits = GRAM_BITS.trailing_zeros();
+        [
+            (hash >> (64 - bits)) as usize,
+            (hash >> (64 - 2 * bits)) as usize % GRAM_BITS,
+        ]
+    }
+
+    /// Adds every substring of `pattern` of two and of [`GRAM_LEN`] bytes.
+    fn insert(&mut self, pattern: &[u8]) {
+        for pair in pattern.windows(2) {
+            let index = usize::from(pair[0]) << 8 | usize::from(pair[1]);
+            if let Some(word) = self.pairs.get_mut(index / 64) {
+                *word |= 1 << (index % 64);
+            }
+        }
+        for triple in pattern.windows(3) {
+            let index = Self::triple_index([triple[0], triple[1], triple[2]]);
+            if let Some(word) = self.triples.get_mut(index / 64) {
+                *word |= 1 << (index % 64);
+            }
+        }
+        for window in pattern.windows(GRAM_LEN) {
+            let mut gram = [0u8; GRAM_LEN];
+            gram.copy_from_slice(window);
+            for index in Self::indices(&gram) {
+                if let Some(word) = self.bits.get_mut(index / 64) {
+                    *word |= 1 << (index % 64);
+                }
+            }
+        }
+    }
+
+    /// Whether `x y` is a substring of a pattern.
+    fn has_pair(&self, x: u8, y: u8) -> bool {
+        let pair = usize::from(x) << 8 | usize::from(y);
+        self.pairs
+            .get(pair / 64)
+            .is_some_and(|word| word & (1 << (pair % 64)) != 0)
+    }
+
+    /// Bit index of a string of three bytes.
+    fn triple_index(triple: [u8; 3]) -> usize {
+        let [a, b, c] = triple;
+        let hash = u64::from(u32::from_le_bytes([a, b, c, 0])).wrapping_mul(PREFIX_LEN_MIX);
+        (hash >> (64 - TRIPLE_BITS.trailing_zeros())) as usize
+    }
+
+    /// Whether `triple` may be a substring of a pattern.
+    fn has_triple(&self, triple: [u8; 3]) -> bool {
+        let index = Self::triple_index(triple);
+        self.triples
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    /// Whether `gram` may be a substring of a pattern.
+    fn contains(&self, gram: &[u8; GRAM_LEN]) -> bool {
+        Self::indices(gram).iter().all(|&index| {
+            self.bits
+                .get(index / 64)
+                .is_some_and(|word| word & (1 << (index % 64)) != 0)
+        })
+    }
+
+    /// Whether a pattern may cross the line break `hay[sep_start..sep_end]` in `view`. Every
+    /// pattern is at least [`GRAM_LEN`] long, so a match crossing the break with `j` of its
+    /// characters before it holds the [`GRAM_LEN`] characters of the view starting
+    /// `min(j, GRAM_LEN - 1)` before the break; false only when no such string is in the filter.
+    fn may_cross(&self, view: &View, hay: &[u8], sep_start: usize, sep_end: usize) -> bool {
+        const SIDE: usize = GRAM_LEN - 1;
+        // The view's characters around the break: `SIDE` before it (nearest last), then `SIDE`
+        // after it.
+        let mut around = [0u8; 2 * SIDE];
+        let (before, after) = around.split_at_mut(SIDE);
+        // Usually they are plain bytes; else read the view over separators.
+        let (nb, na) = match (
+            hay.get(sep_start.saturating_sub(SIDE)..sep_start),
+            hay.get(sep_end..sep_end + SIDE),
+        ) {
+            (Some(left), Some(right))
+                if left.len() == SIDE
+                    && left.iter().chain(right).all(|&b| view.text[usize::from(b)]) =>
+            {
+                before.copy_from_slice(left);
+                after.copy_from_slice(right);
+                (SIDE, SIDE)
+            }
+            _ => {
+                let nb = view.chars_before(hay, sep_start, before);
+                before.reverse();
+                (nb, view.chars_after(hay, sep_end, after))
+            }
+        };
+        (1..=SIDE).any(|j| {
+            j <= nb
+                && GRAM_LEN - j <= na
+                && around
+                    .get(SIDE - j..SIDE - j + GRAM_LEN)
+                    .and_then(|gram| <&[u8; GRAM_LEN]>::try_from(gram).ok())
+                    .is_some_and(|gram| self.contains(gram))
+        })
+    }
+}
+
 impl View {
-    /// The separator holding the line break at `newline`, as `(start, end)`, if it is one of
-    /// this view (between two characters, short enough, the only line break in it).
+    /// The run of separator bytes holding the line break at `newline`, as `(start, end)`, if it
+    /// is between two characters of this view, short enough, and holds no other line break (the
+    /// line before it is not checked).
     fn break_around(&self, hay: &[u8], newline: usize) -> Option<(usize, usize)> {
-        let start = self.run_before(hay, newline);
-        let end = self.run_after(hay, newline);
-        self.check_separator(hay, start, end)?;
-        Some((start, end))
+        // One pass each way, stopping at a second line break or past the longest separator.
+        let mut start = newline;
+        while newline - start + 1 < MAX_BREAK_LEN {
+            let byte = *hay.get(start.checked_sub(1)?)?;
+            if !self.sep[usize::from(byte)] {
+                break;
+            }
+            if byte == b'\n' {
+                return None;
+            }
+            start -= 1;
+        }
+        let mut end = newline + 1;
+        loop {
+            let byte = *hay.get(end)?;
+            if !self.sep[usize::from(byte)] {
+                break;
+            }
+            if byte == b'\n' || end - start >= MAX_BREAK_LEN {
+                return None;
+            }
+            end += 1;
+        }
+        let before = *hay.get(start.checked_sub(1)?)?;
+        let after = *hay.get(end)?;
+        (self.text[usize::from(before)] && self.text[usize::from(after)]).then_some((start, end))
     }
 
     /// Start of the run of separator bytes ending at `end`; looks back at most
@@ -801,7 +1098,8 @@ impl View {
     /// bytes ahead.
     fn run_after(&self, hay: &[u8], start: usize) -> usize {
         let mut end = start;
-        while end <= start + MAX_BREAK_LEN && hay.get(end).is_some_and(|&b| self.sep[usize::from(b)])
+        while end <= start + MAX_BREAK_LEN
+            && hay.get(end).is_some_and(|&b| self.sep[usize::from(b)])
         {
             end += 1;
         }
@@ -810,7 +1108,8 @@ impl View {
 
     /// If `hay[start..end]` is a separator of this view (a whole run of separator bytes between
     /// two characters, at most [`MAX_BREAK_LEN`] long, with at most one line break, and exactly
-    /// one if the view needs it): whether it holds a line break.
+    /// one if the view needs it, and a line break only after a wrapped line, see
+    /// [`View::wrapped_line_before`]): whether it holds a line break.
     fn check_separator(&self, hay: &[u8], start: usize, end: usize) -> Option<bool> {
         if start == end || end - start > MAX_BREAK_LEN {
             return None;
@@ -823,9 +1122,43 @@ impl View {
         let newlines = hay.get(start..end)?.iter().filter(|&&b| b == b'\n').count();
         match newlines {
             0 if !self.needs_newline => Some(false),
-            1 => Some(true),
+            1 if self.wrapped_line_before(hay, start) => Some(true),
             _ => None,
         }
+    }
+
+    /// Whether the line ending at `end` (where a separator holding a line break starts) is
+    /// wrapped text of this view: at least [`MIN_WRAP_WIDTH`] of its characters (over its
+    /// separators) back to the start of the line, after at most [`MAX_BREAK_LEN`] blanks of
+    /// indentation, or at least [`LONG_LINE`] of them whatever comes before. Looks back at most
+    /// [`STREAM_CONTEXT`] bytes.
+    fn wrapped_line_before(&self, hay: &[u8], end: usize) -> bool {
+        let mut i = end;
+        let mut n = 0;
+        while n < LONG_LINE {
+            let Some(&byte) = i.checked_sub(1).and_then(|before| hay.get(before)) else {
+                return n >= MIN_WRAP_WIDTH;
+            };
+            if self.text[usize::from(byte)] {
+                n += 1;
+                i -= 1;
+                continue;
+            }
+            if starts_line(hay, i) {
+                return n >= MIN_WRAP_WIDTH;
+            }
+            if !self.sep[usize::from(byte)] {
+                return false;
+            }
+            // Only a separator without a line break continues the line.
+            let run = self.run_before(hay, i);
+            let has_newline = hay.get(run..i).is_some_and(|r| r.contains(&b'\n'));
+            if has_newline || self.check_separator(hay, run, i).is_none() {
+                return false;
+            }
+            i = run;
+        }
+        true
     }
 
     /// The separator starting at `start` (just after a character): its end and whether it holds
@@ -834,6 +1167,80 @@ impl View {
         let end = self.run_after(hay, start);
         self.check_separator(hay, start, end)
             .map(|newline| (end, newline))
+    }
+
+    /// Fills `out` with the characters of the view before byte `end`, nearest first, over
+    /// separators; returns how many there were (at most `out.len()`).
+    ///
+    /// For [`Grams::may_cross`] only: a single line break between two characters is read over
+    /// without checking the line before it, and reading too far can only let more through.
+    fn chars_before(&self, hay: &[u8], end: usize, out: &mut [u8]) -> usize {
+        let mut i = end;
+        let mut n = 0;
+        while n < out.len() && i > 0 {
+            let Some(&byte) = hay.get(i - 1) else {
+                break;
+            };
+            if self.text[usize::from(byte)] {
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = byte;
+                }
+                n += 1;
+                i -= 1;
+            } else if self.sep[usize::from(byte)] {
+                // A single separator byte between two characters (as in `de ad`): read over it
+                // if the view needs no line break or it is one.
+                let single = i >= 2 && hay.get(i - 2).is_some_and(|&b| self.text[usize::from(b)]);
+                if single {
+                    if self.needs_newline && byte != b'\n' {
+                        break;
+                    }
+                    i -= 1;
+                    continue;
+                }
+                let run = self.run_before(hay, i);
+                if self.check_separator(hay, run, i).is_none() {
+                    break;
+                }
+                i = run;
+            } else {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Fills `out` with the characters of the view from byte `start` on, over separators;
+    /// returns how many there were (at most `out.len()`). For [`Grams::may_cross`] only, like
+    /// [`View::chars_before`].
+    fn chars_after(&self, hay: &[u8], start: usize, out: &mut [u8]) -> usize {
+        let mut i = start;
+        let mut n = 0;
+        while n < out.len() {
+            let Some(&byte) = hay.get(i) else {
+                break;
+            };
+            if self.text[usize::from(byte)] {
+                if let Some(slot) = out.get_mut(n) {
+                    *slot = byte;
+                }
+                n += 1;
+                i += 1;
+            } else if self.sep[usize::from(byte)]
+                && hay.get(i + 1).is_some_and(|&b| self.text[usize::from(b)])
+            {
+                // A single separator byte between two characters, as in `chars_before`.
+                if self.needs_newline && byte != b'\n' {
+                    break;
+                }
+                i += 1;
+            } else if let Some((end, _)) = self.separator_at(hay, i) {
+                i = end;
+            } else {
+                break;
+            }
+        }
+        n
     }
 
     /// Where to start reading the view to find every match crossing the separator at
@@ -885,23 +1292,30 @@ impl Detector {
             .map(Detector::Nfa)
     }
 
-    /// Reads `view` of `hay` from `start` (a character) to the end of its segment: whether a
-    /// pattern crossing a line break occurs, and where the reading stopped.
-    fn scan(&self, view: &View, hay: &[u8], start: usize) -> (bool, usize) {
+    /// Reads `view` of `hay` from `start` (a character) until `after` characters past byte
+    /// `past` (or the end of the view's text): whether a pattern crossing a line break occurs.
+    fn scan(&self, view: &View, hay: &[u8], start: usize, past: usize, after: usize) -> bool {
         match self {
-            Detector::Dfa(dfa) => scan_view(dfa, view, hay, start),
-            Detector::Nfa(nfa) => scan_view(nfa, view, hay, start),
+            Detector::Dfa(dfa) => scan_view(dfa, view, hay, start, past, after),
+            Detector::Nfa(nfa) => scan_view(nfa, view, hay, start, past, after),
         }
     }
 }
 
 /// [`Detector::scan`] for one kind of automaton (built with [`MatchKind::Standard`], so a match
 /// state lists every pattern ending there).
-fn scan_view<A: Automaton>(aut: &A, view: &View, hay: &[u8], start: usize) -> (bool, usize) {
+fn scan_view<A: Automaton>(
+    aut: &A,
+    view: &View,
+    hay: &[u8],
+    start: usize,
+    past: usize,
+    mut after: usize,
+) -> bool {
     let Ok(mut state) = aut.start_state(Anchored::No) else {
         // Cannot happen for an unanchored automaton; report a possible match so that the
         // caller takes the exact (allocating) path.
-        return (true, start);
+        return true;
     };
     // Characters read so far, and how many had been read at the last line break.
     let mut read = 0;
@@ -909,6 +1323,12 @@ fn scan_view<A: Automaton>(aut: &A, view: &View, hay: &[u8], start: usize) -> (b
     let mut i = start;
     while let Some(&byte) = hay.get(i) {
         if view.text[usize::from(byte)] {
+            if i >= past {
+                if after == 0 {
+                    break;
+                }
+                after -= 1;
+            }
             state = aut.next_state(Anchored::No, state, byte);
             read += 1;
             i += 1;
@@ -918,7 +1338,7 @@ fn scan_view<A: Automaton>(aut: &A, view: &View, hay: &[u8], start: usize) -> (b
                     .max()
                     .unwrap_or(0);
                 if read - longest.min(read) < last_break {
-                    return (true, i);
+                    return true;
                 }
             }
         } else if let Some((end, newline)) = view.separator_at(hay, i) {
@@ -930,7 +1350,36 @@ fn scan_view<A: Automaton>(aut: &A, view: &View, hay: &[u8], start: usize) -> (b
             break;
         }
     }
-    (false, i)
+    false
+}
+
+/// Whether `hay[at]` starts a line: at most [`MAX_BREAK_LEN`] spaces, tabs and carriage returns
+/// (its indentation) come before it, after a line break or the start of the text.
+fn starts_line(hay: &[u8], at: usize) -> bool {
+    let mut i = at;
+    while at - i <= MAX_BREAK_LEN {
+        match i.checked_sub(1).and_then(|before| hay.get(before)) {
+            None | Some(b'\n') => return true,
+            Some(b' ' | b'\t' | b'\r') => i -= 1,
+            Some(_) => return false,
+        }
+    }
+    false
+}
+
+/// The run of blanks (spaces, tabs, carriage returns, line breaks) around `hay[newline]`, looking
+/// at most [`MAX_BREAK_LEN`] bytes each way.
+fn blank_run(hay: &[u8], newline: usize) -> (usize, usize) {
+    let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let mut start = newline;
+    while newline - start < MAX_BREAK_LEN && start > 0 && hay.get(start - 1).is_some_and(is_blank) {
+        start -= 1;
+    }
+    let mut end = newline + 1;
+    while end - newline <= MAX_BREAK_LEN && hay.get(end).is_some_and(is_blank) {
+        end += 1;
+    }
+    (start, end)
 }
 
 /// Whether every byte of `pattern` is a character of `view`.
@@ -938,24 +1387,33 @@ fn in_view(view: &View, pattern: &[u8]) -> bool {
     pattern.iter().all(|&b| view.text[usize::from(b)])
 }
 
-/// Position of the first `\n` at or after `from`, eight bytes at a time.
+/// Position of the first `\n` at or after `from`, sixteen bytes at a time.
 fn next_newline(hay: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     const NEWLINES: u64 = ONES * b'\n' as u64;
+    // The high bit of each byte of `word` that is a newline; the lowest one flagged is exact.
+    let newlines = |word: &[u8]| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes) ^ NEWLINES;
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
     let rest = hay.get(from..)?;
-    let mut chunks = rest.chunks_exact(8);
+    let mut chunks = rest.chunks_exact(16);
     let mut offset = from;
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        // A zero byte in `x` is a newline in the chunk; the lowest flagged byte is exact.
-        let x = u64::from_le_bytes(word) ^ NEWLINES;
-        let found = x.wrapping_sub(ONES) & !x & HIGHS;
-        if found != 0 {
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        let (low, high) = chunk.split_at(8);
+        let (low, high) = (newlines(low), newlines(high));
+        if low | high != 0 {
+            let first = if low != 0 {
+                low.trailing_zeros() / 8
+            } else {
+                8 + high.trailing_zeros() / 8
+            };
+            return Some(offset + first as usize);
         }
-        offset += 8;
+        offset += 16;
     }
     chunks
         .remainder()
@@ -1180,6 +1638,11 @@ mod tests {
         fn string(&mut self, alphabet: &[char], min: usize, max: usize) -> String {
             let len = min + self.below(max - min + 1);
             (0..len).map(|_| *self.pick(alphabet)).collect()
+        }
+
+        /// Exactly `len` random bytes.
+        fn bytes_exact(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
         }
 
         /// Between 0 and `max` random bytes.
@@ -1564,13 +2027,46 @@ mod tests {
         }
     }
 
-    /// One way a secret may be written out, as the test builds it independently of the module.
-    fn encode_form(rng: &mut XorShift, secret: &str) -> (String, Vec<String>) {
+    /// One way a secret may be written out, as the test builds it independently of the module:
+    /// the text, the forms that must not survive in the output, and those that must not survive
+    /// in the output with every blank and colon removed (the forms wrapped over lines).
+    fn encode_form(rng: &mut XorShift, secret: &str) -> (String, Vec<String>, Vec<String>) {
         let lines: Vec<&str> = secret
             .split('\n')
             .filter(|l| l.trim().len() >= MIN_SECRET_LEN)
             .collect();
-        let text = match rng.below(13) {
+        let bytes = secret.as_bytes();
+        let wrapped = match rng.below(8) {
+            0 => Some((
+                wrap(&STANDARD.encode(secret), 76, "\n"),
+                STANDARD.encode(secret),
+            )),
+            1 => Some((
+                wrap(
+                    &URL_SAFE_NO_PAD.encode(secret),
+                    MIN_WRAP_WIDTH + rng.below(64),
+                    "\r\n",
+                ),
+                URL_SAFE_NO_PAD.encode(secret),
+            )),
+            2 => Some((od_hex(bytes), hex::encode(bytes))),
+            3 => Some((openssl_hex(bytes, true), hex::encode_upper(bytes))),
+            4 => Some((wrap(&hex::encode(bytes), 60, "\n"), hex::encode(bytes))),
+            _ => None,
+        };
+        if let Some((text, joined)) = wrapped
+            && rng.below(3) == 0
+        {
+            // As encoders print it: from the start of a line.
+            return (format!("\n{text}"), Vec::new(), vec![joined]);
+        }
+        let text = match rng.below(17) {
+            13 => separate_hex_pairs(&hex::encode(bytes), ' '),
+            14 => separate_hex_pairs(&hex::encode_upper(bytes), ':'),
+            15 => lowercase_percent_hex(
+                &percent_encoding::percent_encode(bytes, STRICT_URL).to_string(),
+            ),
+            16 => lowercase_percent_hex(&form_urlencode(bytes)),
             0 => secret.to_owned(),
             1 => STANDARD.encode(secret),
             2 => STANDARD_NO_PAD.encode(secret),
@@ -1594,14 +2090,18 @@ mod tests {
                 plain.extend_from_slice(&tail);
                 let inner = base64_inner(secret.as_bytes(), offset).unwrap_or_default();
                 let url_inner = inner.replace('+', "-").replace('/', "_");
-                return if rng.below(2) == 0 {
-                    (STANDARD.encode(&plain), vec![inner])
-                } else {
-                    (URL_SAFE_NO_PAD.encode(&plain), vec![url_inner])
+                return match rng.below(3) {
+                    0 => (STANDARD.encode(&plain), vec![inner], Vec::new()),
+                    1 => (URL_SAFE_NO_PAD.encode(&plain), vec![url_inner], Vec::new()),
+                    _ => (
+                        format!("\n{}", wrap(&STANDARD.encode(&plain), 64, "\n")),
+                        Vec::new(),
+                        vec![inner],
+                    ),
                 };
             }
         };
-        (text.clone(), vec![text])
+        (text.clone(), vec![text], Vec::new())
     }
 
     #[test]
@@ -1610,10 +2110,11 @@ mod tests {
             'a', 'b', 'c', 'x', 'y', 'z', 'A', 'Q', 'Z', '0', '7', '9', ' ', '&', '/', '"', '\\',
             '\n', '_', '.', '~', '-', '+', '=', '%', '\u{e9}',
         ];
-        // Never part of a pattern or of the marker, so filler can only be kept, never redacted.
+        // Never part of a pattern, of a separator a view skips or of the marker, so filler can
+        // only be kept, never redacted.
         const FILLER_CHARS: &[char] = &[
-            '!', '#', '$', '(', ')', '*', ',', ';', ':', '<', '>', '?', '@', '^', '{', '|', '}',
-            '\'', '\u{fc}',
+            '!', '#', '$', '(', ')', '*', ',', ';', '<', '>', '?', '@', '^', '{', '|', '}', '\'',
+            '\u{fc}',
         ];
         let is_filler = |c: char| FILLER_CHARS.contains(&c);
         let filler_runs = |s: &str| -> Vec<String> {
@@ -1635,18 +2136,33 @@ mod tests {
             }
             let mut text = String::new();
             let mut forbidden = Vec::new();
+            let mut forbidden_joined = Vec::new();
             for _ in 0..1 + rng.below(6) {
                 text.push_str(&rng.string(FILLER_CHARS, 1, 12));
                 let secret = rng.pick(&secrets).clone();
-                let (form, gone) = encode_form(&mut rng, &secret);
+                let (form, gone, gone_joined) = encode_form(&mut rng, &secret);
                 text.push_str(&form);
                 forbidden.extend(gone);
+                forbidden_joined.extend(gone_joined);
             }
             text.push_str(&rng.string(FILLER_CHARS, 0, 12));
 
             let out = s.scrub(&text);
             for f in forbidden.iter().filter(|f| f.len() >= MIN_SECRET_LEN) {
                 assert!(!out.contains(f.as_str()), "round {round}: {f:?} in {out:?}");
+            }
+            let joined: String = out
+                .chars()
+                .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n' | ':'))
+                .collect();
+            for f in forbidden_joined
+                .iter()
+                .filter(|f| f.len() >= MIN_SECRET_LEN)
+            {
+                assert!(
+                    !joined.contains(f.as_str()),
+                    "round {round}: {f:?} in {out:?}"
+                );
             }
             for secret in &secrets {
                 assert!(!out.contains(secret.as_str()), "round {round}");
@@ -1662,5 +2178,635 @@ mod tests {
             assert_eq!(streamed, out.as_bytes(), "round {round}, cuts {cuts:?}");
         }
     }
-}
 
+    /// About a megabyte of output with no secret in it: prose, base64 lines (wrapped at 76 like
+    /// `base64`'s), and `od -An -tx1` lines, interleaved.
+    fn megabyte_without_secrets() -> String {
+        const WORDS: &[&str] = &[
+            "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "made", "deal",
+            "cafe", "beef", "add", "value", "error:", "at", "line", "42",
+        ];
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut text = String::new();
+        while text.len() < 1 << 20 {
+            match rng.below(4) {
+                0 | 1 => {
+                    for _ in 0..12 {
+                        text.push_str(rng.pick::<&str>(WORDS));
+                        text.push(' ');
+                    }
+                    text.push('\n');
+                }
+                2 => {
+                    text.push_str(&STANDARD.encode(rng.bytes_exact(57)));
+                    text.push('\n');
+                }
+                _ => {
+                    for byte in rng.bytes_exact(16) {
+                        text.push_str(&format!(" {byte:02x}"));
+                    }
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    /// Run with `cargo test --release --lib scrub_cost -- --nocapture` to see the figures.
+    #[test]
+    fn scrub_cost_without_a_match() {
+        let s = scrubber(&[
+            "long-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLM",
+            "sk-live \"Q7\\zx\" & w/\u{e9}+~?>",
+            "hunter2-password",
+        ]);
+        let text = megabyte_without_secrets();
+        let one_line = text.replace('\n', " ");
+        for (name, text) in [("mixed lines", &text), ("one line", &one_line)] {
+            assert!(matches!(s.scrub(text), Cow::Borrowed(_)), "{name}");
+            let runs = if cfg!(debug_assertions) { 2 } else { 50 };
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                let out = s.scrub(std::hint::black_box(text));
+                assert!(matches!(out, Cow::Borrowed(_)));
+            }
+            let per_run = start.elapsed() / runs;
+            println!(
+                "scrub of {} bytes ({name}), no match: {per_run:?}",
+                text.len()
+            );
+        }
+    }
+
+    /// `text` with `eol` after every `width` characters but the last ones.
+    fn wrap(text: &str, width: usize, eol: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        chars
+            .chunks(width)
+            .map(|line| line.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join(eol)
+    }
+
+    /// What `od -An -tx1` prints: 16 bytes a line, each as a space and two lowercase digits.
+    fn od_hex(bytes: &[u8]) -> String {
+        bytes
+            .chunks(16)
+            .map(|line| {
+                let mut out: String = line.iter().map(|b| format!(" {b:02x}")).collect();
+                out.push('\n');
+                out
+            })
+            .collect()
+    }
+
+    /// What `openssl ... -text` prints for a big number: 15 bytes a line indented by four spaces,
+    /// each byte followed by a colon but the last.
+    fn openssl_hex(bytes: &[u8], upper: bool) -> String {
+        let digits: Vec<String> = bytes
+            .iter()
+            .map(|b| {
+                if upper {
+                    format!("{b:02X}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect();
+        let lines: Vec<String> = digits
+            .chunks(15)
+            .map(|line| format!("    {}", line.join(":")))
+            .collect();
+        lines.join(":\n") + "\n"
+    }
+
+    /// Secret longer than 57 bytes, so that `base64` wraps its encoding.
+    const LONG: &str = "long-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLM";
+
+    #[test]
+    fn line_wrapped_base64_is_redacted_at_every_width() {
+        let s = scrubber(&[LONG]);
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let encoded = engine.encode(LONG);
+            for width in MIN_WRAP_WIDTH..=encoded.len() + 1 {
+                for eol in ["\n", "\r\n", "\n    ", " \r\n\t"] {
+                    let text = format!("key:\n{}\nnext line\n", wrap(&encoded, width, eol));
+                    assert_eq!(
+                        s.scrub(&text),
+                        "key:\n[REDACTED]\nnext line\n",
+                        "width {width}, eol {eol:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn line_wrapped_base64_of_an_embedded_secret_is_redacted_at_every_alignment() {
+        let s = scrubber(&[LONG]);
+        for prefix_len in 0..6 {
+            let mut plain = b"user:".repeat(4)[..prefix_len].to_vec();
+            plain.extend_from_slice(LONG.as_bytes());
+            plain.extend_from_slice(b"@host");
+            for width in [64, 76] {
+                let encoded = STANDARD.encode(&plain);
+                let wrapped = wrap(&encoded, width, "\n");
+                let out = s.scrub(&wrapped);
+                assert!(out.contains(REDACTED), "prefix {prefix_len}: {out}");
+                let joined = out.replace('\n', "");
+                assert_clean(&s, &joined);
+                let inner = base64_inner(LONG.as_bytes(), prefix_len % 3).unwrap_or_default();
+                assert!(!joined.contains(&inner), "prefix {prefix_len}: {out}");
+                // The characters encoding the prefix's first whole groups survive.
+                let kept = STANDARD.encode(&plain[..prefix_len / 3 * 3]);
+                assert!(out.starts_with(&kept), "prefix {prefix_len}: {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn line_wrapped_pem_body_and_raw_token_are_redacted() {
+        // A private key's DER, wrapped at 64 like PEM, CRLF like MIME.
+        let der = "0\u{1}\u{2}MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu";
+        let s = scrubber(&[der]);
+        let pem = format!(
+            "-----BEGIN KEY-----\r\n{}\r\n-----END KEY-----\r\n",
+            wrap(&STANDARD.encode(der), 64, "\r\n")
+        );
+        assert_eq!(
+            s.scrub(&pem),
+            "-----BEGIN KEY-----\r\n[REDACTED]\r\n-----END KEY-----\r\n"
+        );
+        // A token cut by `fold -w 20`, alone on its lines or after 80 characters of its own.
+        let token = "ghp_0123456789abcdefghijABCDEFGHIJ0123";
+        let s = scrubber(&[token]);
+        assert_eq!(
+            s.scrub(&format!("token:\n{}\nok", wrap(token, 20, "\n"))),
+            "token:\n[REDACTED]\nok"
+        );
+        let long = "x".repeat(80);
+        assert_eq!(
+            s.scrub(&format!("token: {long}{}\n{}", &token[..4], &token[4..])),
+            format!("token: {long}[REDACTED]")
+        );
+        // Not after other text on a shorter line, as ordinary text's line ends stay.
+        let text = format!("token: {}\n{}", &token[..20], &token[20..]);
+        assert!(matches!(s.scrub(&text), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn line_breaks_join_only_what_spells_a_secret() {
+        let s = scrubber(&[LONG]);
+        let encoded = STANDARD.encode(LONG);
+        // Lines narrower than any encoder wraps at are not joined.
+        let narrow = wrap(&encoded, MIN_WRAP_WIDTH - 1, "\n");
+        assert!(matches!(s.scrub(&narrow), Cow::Borrowed(_)));
+        let (first, rest) = encoded.split_at(MIN_WRAP_WIDTH - 1);
+        let text = format!("{first}\n{}", wrap(rest, 76, "\n"));
+        assert!(matches!(s.scrub(&text), Cow::Borrowed(_)));
+        // Ordinary lines are left alone, borrowed.
+        let prose = "the quick brown\nfox jumps\r\nover\n    the lazy dog\n";
+        assert!(matches!(s.scrub(prose), Cow::Borrowed(_)));
+        // A blank line, a second line break, a longer indentation or other text between the
+        // pieces ends the wrapped form: no piece is a pattern on its own.
+        let (head, tail) = encoded.split_at(40);
+        for sep in [
+            "\n\n",
+            "\n \n",
+            "\r\n\r\n",
+            "\n                 ",
+            "\n> ",
+            "\n#",
+        ] {
+            let text = format!("{head}{sep}{tail}");
+            assert!(matches!(s.scrub(&text), Cow::Borrowed(_)), "{sep:?}");
+        }
+        // The longest separator skipped.
+        let text = format!("{head}\n{}{tail}", " ".repeat(MAX_BREAK_LEN - 1));
+        assert_eq!(s.scrub(&text), REDACTED);
+        // Characters next to the wrapped form stay when they do not belong to it.
+        assert_eq!(
+            s.scrub(&format!("é:\n  {}é", wrap(&encoded, 76, "\n  "))),
+            "é:\n  [REDACTED]é"
+        );
+    }
+
+    #[test]
+    fn spaced_and_colon_separated_hex_is_redacted() {
+        let secret = "\u{fe}key-\u{ab}cdef";
+        let s = scrubber(&[secret]);
+        let lower = hex::encode(secret);
+        let upper = hex::encode_upper(secret);
+        for hex in [&lower, &upper] {
+            for separator in [' ', ':'] {
+                let text = format!("x {} y", separate_hex_pairs(hex, separator));
+                assert_eq!(s.scrub(&text), "x [REDACTED] y", "{text}");
+            }
+        }
+        assert_eq!(
+            s.scrub(&format!("bytes: {}.", separate_hex_pairs(&lower, ' '))),
+            "bytes: [REDACTED]."
+        );
+    }
+
+    #[test]
+    fn hex_dumps_wrapped_over_lines_are_redacted_at_every_offset() {
+        let s = scrubber(&[LONG]);
+        let strip = |text: &str| -> String {
+            text.chars()
+                .filter(|c| !matches!(c, ' ' | '\r' | '\n' | ':'))
+                .collect()
+        };
+        for prefix_len in 0..17 {
+            let mut plain = b"#".repeat(prefix_len);
+            plain.extend_from_slice(LONG.as_bytes());
+            plain.extend_from_slice(b"##");
+            let dumps = [
+                od_hex(&plain),
+                od_hex(&plain).replace('\n', "\r\n"),
+                wrap(&hex::encode(&plain), 60, "\n"),
+                wrap(&hex::encode_upper(&plain), 32, "\n"),
+                openssl_hex(&plain, false),
+                openssl_hex(&plain, true),
+            ];
+            for dump in dumps {
+                let out = s.scrub(&dump);
+                let joined = strip(&out);
+                assert!(!joined.contains(&hex::encode(LONG)), "{prefix_len}: {out}");
+                assert!(
+                    !joined.contains(&hex::encode_upper(LONG)),
+                    "{prefix_len}: {out}"
+                );
+                // Exactly the secret's bytes go: the `#`s around it stay.
+                assert_eq!(
+                    joined.to_lowercase(),
+                    format!("{}[redacted]2323", "23".repeat(prefix_len)),
+                    "{dump}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_view_pattern_is_found_broken_anywhere() {
+        // Each pattern broken after its first or before its last character, after a line of
+        // the shortest width wrapped: the detection window must reach from the break to either
+        // end of the longest pattern.
+        let s = scrubber(&[LONG, "hunter2-password"]);
+        let line = "0".repeat(MIN_WRAP_WIDTH);
+        for pattern in s.patterns() {
+            if !in_view(&VIEWS[0], pattern.as_bytes()) {
+                continue;
+            }
+            let len = pattern.len();
+            for (head, sep) in [(1, "\n"), (len - 1, "\r\n"), (len / 2, "\n\t")] {
+                let text = format!("{line}{}{sep}{}>", &pattern[..head], &pattern[head..]);
+                assert_eq!(s.scrub(&text), format!("{line}[REDACTED]>"), "{text}");
+            }
+            let text = format!("<\n{}>", wrap(&pattern, MIN_WRAP_WIDTH, "\n"));
+            assert_eq!(s.scrub(&text), "<\n[REDACTED]>", "{text}");
+            if pattern.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let spaced = separate_hex_pairs(&pattern, ' ');
+                let last = spaced.len() - 1;
+                let text = format!("  {line} {}\n{}>", &spaced[..last], &spaced[last..]);
+                assert_eq!(s.scrub(&text), format!("  {line} [REDACTED]>"), "{text}");
+                let text = format!("x\n{line}:{}:\n {}>", &spaced[..1], &spaced[1..]);
+                assert_eq!(s.scrub(&text), format!("x\n{line}:[REDACTED]>"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn next_newline_finds_every_line_break() {
+        // Bytes next to `\n` in value or in bits, at every offset and length.
+        let mut rng = XorShift(0x0123_4567_89ab_cdef);
+        let bytes = [b'\n', 0x0b, 0x09, 0x8a, 0x0a ^ 0x80, 0x01, 0xff, b'a'];
+        for _ in 0..2000 {
+            let len = rng.below(70);
+            let hay: Vec<u8> = (0..len).map(|_| *rng.pick(&bytes)).collect();
+            for from in 0..=len + 1 {
+                let expected = hay
+                    .get(from..)
+                    .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+                    .map(|p| from + p);
+                assert_eq!(next_newline(&hay, from), expected, "{hay:?} from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn lowercase_percent_encoding_is_redacted() {
+        let secret = "pass word&more/x";
+        let s = scrubber(&[secret]);
+        assert_eq!(
+            s.scrub("https://h/?p=pass%20word%26more%2fx&q=1"),
+            "https://h/?p=[REDACTED]&q=1"
+        );
+        assert_eq!(s.scrub("p=pass+word%26more%2fx&q=1"), "p=[REDACTED]&q=1");
+        assert_eq!(
+            lowercase_percent_hex("%2F%C3%A9AB%"),
+            "%2f%c3%a9AB%",
+            "only the two digits after each % change"
+        );
+    }
+
+    /// Text with secrets wrapped over lines, in dumps and encodings, around prompts and
+    /// ordinary lines.
+    fn wrapped_fixture() -> (Arc<Scrubber>, Vec<u8>) {
+        let secret = "wrapped-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+        let s = scrubber(&[secret, "Tok3n/xyz"]);
+        let mut text = b"Password: line one\nline two\n".to_vec();
+        text.extend_from_slice(wrap(&STANDARD.encode(secret), 20, "\r\n").as_bytes());
+        text.extend_from_slice(b"\n\xff\n");
+        text.extend_from_slice(od_hex(secret.as_bytes()).as_bytes());
+        text.extend_from_slice(b"de ad be ef Tok3n");
+        text.extend_from_slice(openssl_hex(b"Tok3n/xyz", false).as_bytes());
+        text.extend_from_slice(b"q=Tok3n%2fxyz\n ");
+        text.extend_from_slice(wrap(&hex::encode("Tok3n/xyz"), 16, "\n  ").as_bytes());
+        text.extend_from_slice(b"\n end");
+        (s, text)
+    }
+
+    #[test]
+    fn wrapped_stream_split_in_two_matches_whole_scrub() {
+        let (s, text) = wrapped_fixture();
+        let whole = s.scrub_bytes(&text);
+        assert_eq!(
+            whole.windows(10).filter(|w| w == b"[REDACTED]").count(),
+            5,
+            "{}",
+            String::from_utf8_lossy(&whole)
+        );
+        for i in 0..=text.len() {
+            assert_eq!(stream_with_cuts(&s, &text, &[i]), whole, "cut at {i}");
+        }
+        let cuts: Vec<usize> = (1..text.len()).collect();
+        assert_eq!(stream_with_cuts(&s, &text, &cuts), whole);
+    }
+
+    #[test]
+    fn wrapped_stream_split_in_three_matches_whole_scrub() {
+        let (s, text) = wrapped_fixture();
+        let whole = s.scrub_bytes(&text);
+        // Every pair of cuts 3 bytes apart or less, and a spread of the others.
+        for i in 0..=text.len() {
+            for j in (i..=text.len()).filter(|j| j - i <= 3 || (j + i) % 7 == 0) {
+                assert_eq!(stream_with_cuts(&s, &text, &[i, j]), whole, "cuts {i}, {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_keeps_the_line_before_a_break() {
+        // Wrapped forms whose secret starts far into a line: whether the break after that line
+        // is skipped depends on bytes before the secret, which a stream cut anywhere must still
+        // see.
+        let s = scrubber(&[LONG]);
+        let mut plain = b"prefix-bytes:".repeat(4);
+        plain.extend_from_slice(LONG.as_bytes());
+        let mut text = format!("b64:\n{}\n", wrap(&STANDARD.encode(&plain), 76, "\n"));
+        text.push_str(&od_hex(&plain[40..]));
+        let (head, tail) = LONG.split_at(5);
+        text.push_str(&format!("x: {}{head}\n{tail}\n", "0".repeat(85)));
+        // Not joined: other text starts this shorter line.
+        text.push_str(&format!("y: {}{head}\n{tail}\n", "0".repeat(74)));
+        let whole = s.scrub_bytes(text.as_bytes());
+        assert_eq!(whole.windows(10).filter(|w| w == b"[REDACTED]").count(), 3);
+        for i in 0..=text.len() {
+            assert_eq!(
+                stream_with_cuts(&s, text.as_bytes(), &[i]),
+                whole,
+                "cut at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_holds_back_at_most_max_held_back() {
+        let secret = "abcdefghijklmnopqrstuvwxyz0123456789";
+        let s = scrubber(&[secret]);
+        let bound = s.max_held_back();
+        assert_eq!(bound, (s.max_pattern_len() - 1) * (MAX_BREAK_LEN + 1));
+        // The worst case: hex with the longest separator after every digit, one of them a line
+        // break.
+        let hex = hex::encode(secret);
+        let blank = " ".repeat(MAX_BREAK_LEN);
+        let line_break = format!("\n{}", " ".repeat(MAX_BREAK_LEN - 1));
+        let mut text = String::new();
+        for (i, digit) in hex.chars().enumerate() {
+            if i > 0 {
+                text.push_str(if i == MIN_WRAP_WIDTH {
+                    &line_break
+                } else {
+                    &blank
+                });
+            }
+            text.push(digit);
+        }
+        let whole = s.scrub(&text);
+        assert_eq!(whole, REDACTED);
+        let mut stream = s.stream();
+        let mut out = Vec::new();
+        let mut most = 0;
+        for byte in text.as_bytes() {
+            out.extend(stream.push(&[*byte]));
+            let held = stream.pending.len() - stream.context;
+            assert!(held <= bound, "held back too much");
+            most = most.max(held);
+        }
+        assert!(most > 4 * s.max_pattern_len(), "the tail was held back");
+        out.extend(stream.finish());
+        assert_eq!(out, REDACTED.as_bytes());
+    }
+
+    #[test]
+    fn stream_forwards_ordinary_lines_at_once() {
+        let s = scrubber(&[LONG, "hunter2-password", "sk-live \"Q7\\zx\""]);
+        let mut stream = s.stream();
+        for line in [
+            "Compiling stagecraft v0.1.0\n",
+            "step 1 done\n",
+            "Passphrase for abc: ",
+            "Key (hex): 61 62\n",
+            "Created /tmp/build-output/artifacts\n",
+        ] {
+            assert_eq!(stream.push(line.as_bytes()), line.as_bytes());
+        }
+        // A line that may be the first of a wrapped secret waits for the next one.
+        let encoded = STANDARD.encode(LONG);
+        let (first, rest) = encoded.split_at(76);
+        assert_eq!(stream.push(format!("{first}\n").as_bytes()), b"");
+        assert_eq!(stream.push(format!("{rest}\n").as_bytes()), b"[REDACTED]\n");
+        assert!(stream.finish().is_empty());
+    }
+
+    /// Reference result with the views: every occurrence of every pattern, plus every occurrence
+    /// in a view's reading of the text that crosses a line break, found by brute force on each
+    /// whole run of the view's characters and separators, merged as in `brute_force`.
+    fn brute_force_views(patterns: &[String], hay: &[u8]) -> Vec<u8> {
+        let hex_digits: Vec<u8> = b"0123456789abcdefABCDEF".to_vec();
+        let base64_chars: Vec<u8> =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=".to_vec();
+        // (characters, separator bytes, whether a separator needs a line break)
+        let views: [(&[u8], &[u8], bool); 2] = [
+            (&base64_chars, b" \t\r\n", true),
+            (&hex_digits, b" \t\r\n:", false),
+        ];
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for p in patterns {
+            let p = p.as_bytes();
+            for start in 0..hay.len() {
+                if hay[start..].starts_with(p) {
+                    spans.push((start, start + p.len()));
+                }
+            }
+        }
+        for (chars, seps, needs_newline) in views {
+            let mut i = 0;
+            while i < hay.len() {
+                if !chars.contains(&hay[i]) {
+                    i += 1;
+                    continue;
+                }
+                // One segment: characters, and separators between characters.
+                let mut text = Vec::new();
+                let mut at = Vec::new();
+                let mut breaks = Vec::new();
+                let mut line_start = 0;
+                loop {
+                    while i < hay.len() && chars.contains(&hay[i]) {
+                        text.push(hay[i]);
+                        at.push(i);
+                        i += 1;
+                    }
+                    let mut end = i;
+                    while end < hay.len() && seps.contains(&hay[end]) {
+                        end += 1;
+                    }
+                    let newlines = hay[i..end].iter().filter(|&&b| b == b'\n').count();
+                    let valid = end > i
+                        && end - i <= MAX_BREAK_LEN
+                        && newlines <= 1
+                        && (newlines == 1 || !needs_newline)
+                        && (newlines == 0 || {
+                            // A wrapped line: long, or made of the view's text only.
+                            let line = text.len() - line_start;
+                            let blanks = hay[..at[line_start]]
+                                .iter()
+                                .rev()
+                                .take_while(|b| matches!(b, b' ' | b'\t' | b'\r'))
+                                .count();
+                            let first = at[line_start] - blanks;
+                            line >= LONG_LINE
+                                || (line >= MIN_WRAP_WIDTH
+                                    && blanks <= MAX_BREAK_LEN
+                                    && (first == 0 || hay[first - 1] == b'\n'))
+                        })
+                        && end < hay.len()
+                        && chars.contains(&hay[end]);
+                    if !valid {
+                        break;
+                    }
+                    if newlines == 1 {
+                        breaks.push(text.len());
+                        line_start = text.len();
+                    }
+                    i = end;
+                }
+                for p in patterns.iter().map(String::as_bytes) {
+                    if !p.iter().all(|b| chars.contains(b)) {
+                        continue;
+                    }
+                    for start in 0..text.len() {
+                        let end = start + p.len();
+                        if text[start..].starts_with(p)
+                            && breaks.iter().any(|&b| start < b && b < end)
+                        {
+                            spans.push((at[start], at[end - 1] + 1));
+                        }
+                    }
+                }
+            }
+        }
+        spans.sort_unstable();
+        let mut out = Vec::new();
+        let mut run_end = 0;
+        for (start, end) in spans {
+            if start < run_end {
+                run_end = run_end.max(end);
+                continue;
+            }
+            out.extend_from_slice(&hay[run_end..start]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            run_end = end;
+        }
+        out.extend_from_slice(&hay[run_end..]);
+        out
+    }
+
+    #[test]
+    fn property_line_breaks_match_brute_force() {
+        // Secrets over two letters, written raw, as hex and as base64, with separators dropped
+        // in at random, and line breaks mostly after long enough lines: overlapping, adjacent
+        // and wrapped occurrences are frequent.
+        const BREAKS: &[&str] = &["\n", "\r\n", "\n ", ":\n    ", "\n\n", " \n", "\n\t"];
+        const SEPARATORS: &[&str] = &[" ", ":", "  ", " ", ":", "x", "."];
+        let mut rng = XorShift(0x5851_f42d_4c95_7f2d);
+        for round in 0..400 {
+            let s = Arc::new(Scrubber::new());
+            let mut secrets = Vec::new();
+            for _ in 0..1 + rng.below(2) {
+                let secret = rng.string(&['a', 'b'], 6, 24);
+                assert!(s.add(&secret));
+                secrets.push(secret);
+            }
+            let mut text = String::new();
+            let mut line = 0;
+            for _ in 0..1 + rng.below(5) {
+                let secret = rng.pick(&secrets).clone();
+                let form = match rng.below(5) {
+                    0 => secret,
+                    1 => hex::encode(&secret),
+                    2 => separate_hex_pairs(&hex::encode_upper(&secret), ' '),
+                    3 => STANDARD.encode(&secret),
+                    _ => rng.string(&['a', 'b', '6', '1', '2'], 0, 24),
+                };
+                if rng.below(2) == 0 {
+                    text.push_str(["\n", "\n  ", "\r\n"][rng.below(3)]);
+                    line = 0;
+                }
+                for c in form.chars() {
+                    let wrap_at = if rng.below(4) == 0 {
+                        rng.below(MIN_WRAP_WIDTH + 2)
+                    } else {
+                        MIN_WRAP_WIDTH
+                    };
+                    if line >= wrap_at && rng.below(3) == 0 {
+                        text.push_str(rng.pick::<&str>(BREAKS));
+                        line = 0;
+                    } else if rng.below(12) == 0 {
+                        text.push_str(rng.pick::<&str>(SEPARATORS));
+                    }
+                    text.push(c);
+                    line += 1;
+                }
+                if rng.below(2) == 0 {
+                    text.push_str(rng.pick::<&str>(SEPARATORS));
+                }
+            }
+            let expected = brute_force_views(&s.patterns(), text.as_bytes());
+            let out = s.scrub(&text);
+            assert_eq!(
+                String::from_utf8_lossy(out.as_bytes()),
+                String::from_utf8_lossy(&expected),
+                "round {round}: {text:?}"
+            );
+            let mut cuts: Vec<usize> = (0..rng.below(6))
+                .map(|_| rng.below(text.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            let streamed = stream_with_cuts(&s, text.as_bytes(), &cuts);
+            assert_eq!(streamed, expected, "round {round}: {text:?}, cuts {cuts:?}");
+        }
+    }
+}
