@@ -55,29 +55,62 @@ impl Default for Limits {
 }
 
 fn encode(_: &Lua, (value, o): (Value, Option<Value>)) -> mlua::Result<String> {
-    let l = Limits::parse("json.encode", o)?;
+    encode_with("json.encode", &value, o, |v, l| {
+        if l.indent {
+            serde_json::to_string_pretty(v)
+        } else {
+            serde_json::to_string(v)
+        }
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// Shared by `json.encode` and `yaml.encode`: options, conversion (no secret handles), the
+/// serializer, and the output size limit.
+pub fn encode_with(
+    func: &str,
+    value: &Value,
+    o: Option<Value>,
+    serialize: impl FnOnce(&serde_json::Value, &Limits) -> Result<String, String>,
+) -> mlua::Result<String> {
+    let l = Limits::parse(func, o)?;
+    let fail = |m: String| OpError::invalid(format!("{func}: {m}")).into_lua();
     let v = to_json(
-        &value,
+        value,
         ToJson {
             max_depth: l.max_depth,
             secrets: false,
         },
     )
-    .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
-    let text = if l.indent {
-        serde_json::to_string_pretty(&v)
-    } else {
-        serde_json::to_string(&v)
-    }
-    .map_err(|e| OpError::invalid(format!("json.encode: {e}")).into_lua())?;
+    .map_err(fail)?;
+    let text = serialize(&v, &l).map_err(fail)?;
     if text.len() > l.max_size {
+        return Err(fail(format!(
+            "output is larger than max_size ({} bytes)",
+            l.max_size
+        )));
+    }
+    Ok(text)
+}
+
+/// Shared by `json.decode` and `yaml.decode`: options, the input size limit and UTF-8.
+pub fn decode_input<'a>(
+    func: &str,
+    bytes: &'a [u8],
+    o: Option<Value>,
+) -> mlua::Result<(&'a str, Limits)> {
+    let l = Limits::parse(func, o)?;
+    if bytes.len() > l.max_size {
         return Err(OpError::invalid(format!(
-            "json.encode: output is larger than max_size ({} bytes)",
+            "{func}: input is {} bytes, more than max_size {}",
+            bytes.len(),
             l.max_size
         ))
         .into_lua());
     }
-    Ok(text)
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| OpError::invalid(format!("{func}: not UTF-8: {e}")).into_lua())?;
+    Ok((text, l))
 }
 
 /// Nesting depth of JSON text, counted without parsing (so a deep bomb never recurses).
@@ -107,18 +140,8 @@ pub fn depth_of(text: &str) -> usize {
 }
 
 fn decode(lua: &Lua, (text, o): (mlua::LuaString, Option<Value>)) -> mlua::Result<Value> {
-    let l = Limits::parse("json.decode", o)?;
     let bytes = text.as_bytes();
-    if bytes.len() > l.max_size {
-        return Err(OpError::invalid(format!(
-            "json.decode: input is {} bytes, more than max_size {}",
-            bytes.len(),
-            l.max_size
-        ))
-        .into_lua());
-    }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| OpError::invalid(format!("json.decode: not UTF-8: {e}")).into_lua())?;
+    let (text, l) = decode_input("json.decode", &bytes, o)?;
     let depth = depth_of(text);
     if depth > l.max_depth {
         return Err(OpError::invalid(format!(

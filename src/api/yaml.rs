@@ -3,9 +3,8 @@
 
 use mlua::{Lua, Table, Value};
 
-use super::json::Limits;
 use crate::runtime::fault::OpError;
-use crate::runtime::value::{ToJson, to_json, to_lua};
+use crate::runtime::value::to_lua;
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -15,40 +14,14 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
 }
 
 fn encode(_: &Lua, (value, o): (Value, Option<Value>)) -> mlua::Result<String> {
-    let l = Limits::parse("yaml.encode", o)?;
-    let v = to_json(
-        &value,
-        ToJson {
-            max_depth: l.max_depth,
-            secrets: false,
-        },
-    )
-    .map_err(|e| OpError::invalid(format!("yaml.encode: {e}")).into_lua())?;
-    let text = serde_saphyr::to_string(&v)
-        .map_err(|e| OpError::invalid(format!("yaml.encode: {e}")).into_lua())?;
-    if text.len() > l.max_size {
-        return Err(OpError::invalid(format!(
-            "yaml.encode: output is larger than max_size ({} bytes)",
-            l.max_size
-        ))
-        .into_lua());
-    }
-    Ok(text)
+    super::json::encode_with("yaml.encode", &value, o, |v, _| {
+        serde_saphyr::to_string(v).map_err(|e| e.to_string())
+    })
 }
 
 fn decode(lua: &Lua, (text, o): (mlua::LuaString, Option<Value>)) -> mlua::Result<Value> {
-    let l = Limits::parse("yaml.decode", o)?;
     let bytes = text.as_bytes();
-    if bytes.len() > l.max_size {
-        return Err(OpError::invalid(format!(
-            "yaml.decode: input is {} bytes, more than max_size {}",
-            bytes.len(),
-            l.max_size
-        ))
-        .into_lua());
-    }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| OpError::invalid(format!("yaml.decode: not UTF-8: {e}")).into_lua())?;
+    let (text, l) = super::json::decode_input("yaml.decode", &bytes, o)?;
     let v = parse(text, l.max_depth).map_err(|m| OpError::invalid(m).into_lua())?;
     to_lua(lua, &v)
 }
