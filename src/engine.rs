@@ -207,23 +207,18 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
 
     let dead = query::dead_runs(&conn, &paths)?;
     let writer = Arc::new(Writer::start(paths.clone(), conn, key.clone())?);
-    let now = crate::util::now_micros();
     for id in dead {
-        writer.push(Pending {
-            run_id: Arc::from(id.as_str()),
-            kind: "run.end",
-            task: String::new(),
-            idx: 0,
-            op: "run.end".into(),
-            args: "{}".into(),
-            result: Some(
+        writer.push(Pending::marker(
+            Arc::from(id.as_str()),
+            "run.end",
+            "run.end",
+            "{}".into(),
+            Some(
                 json!({ "status": "interrupted", "exit_code": null, "detected_by": &*run_id })
                     .to_string(),
             ),
-            error: None,
-            started_at: now,
-            duration_us: 0,
-        });
+            0,
+        ));
         let _ = std::fs::remove_file(paths.runs_dir().join(format!("{id}.lock")));
     }
 
@@ -252,18 +247,14 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         "replay_of": script.replay_of,
     });
     let started = Instant::now();
-    writer.push(Pending {
-        run_id: run_id.clone(),
-        kind: "run.start",
-        task: String::new(),
-        idx: 0,
-        op: "run.start".into(),
-        args: meta.to_string(),
-        result: None,
-        error: None,
-        started_at: crate::util::now_micros(),
-        duration_us: 0,
-    });
+    writer.push(Pending::marker(
+        run_id.clone(),
+        "run.start",
+        "run.start",
+        meta.to_string(),
+        None,
+        0,
+    ));
 
     let secrets = SecretStore::new(dotenv, Some(key.clone()));
     let (any_secret, secret_names) = grants.secret_scopes();
@@ -295,21 +286,20 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         ctx.secrets.scrubber.scrub_json(&mut v);
         v
     });
-    writer.push(Pending {
-        run_id: run_id.clone(),
-        kind: "run.end",
-        task: String::new(),
-        idx: 0,
-        op: "run.end".into(),
-        args: "{}".into(),
-        result: Some(
-            json!({ "status": outcome.status.as_str(), "exit_code": outcome.exit_code, "git_dirty": dirty, "error": error_json })
-                .to_string(),
-        ),
-        error: None,
-        started_at: crate::util::now_micros(),
-        duration_us: started.elapsed().as_micros() as i64,
+    let end = json!({
+        "status": outcome.status.as_str(),
+        "exit_code": outcome.exit_code,
+        "git_dirty": dirty,
+        "error": error_json,
     });
+    writer.push(Pending::marker(
+        run_id.clone(),
+        "run.end",
+        "run.end",
+        "{}".into(),
+        Some(end.to_string()),
+        started.elapsed().as_micros() as i64,
+    ));
     writer.close()?;
     drop(run_lock);
     let _ = std::fs::remove_file(&lock_path);

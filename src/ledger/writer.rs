@@ -26,6 +26,32 @@ pub struct Pending {
     pub duration_us: i64,
 }
 
+impl Pending {
+    /// A run-level entry (`run.start`, `run.end`, `module`): no task, no call index, op = kind
+    /// unless given.
+    pub fn marker(
+        run_id: Arc<str>,
+        kind: &'static str,
+        op: &str,
+        args: String,
+        result: Option<String>,
+        duration_us: i64,
+    ) -> Pending {
+        Pending {
+            run_id,
+            kind,
+            task: String::new(),
+            idx: 0,
+            op: op.to_string(),
+            args,
+            result,
+            error: None,
+            started_at: crate::util::now_micros(),
+            duration_us,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     entries: Vec<Pending>,

@@ -622,18 +622,14 @@ impl RunCtx {
     pub fn record_module(&self, name: &str, sha256: &str, content: &str) {
         if let Recorder::Live(writer) = &self.recorder {
             writer.push_source(sha256.to_string(), content.as_bytes().to_vec());
-            writer.push(Pending {
-                run_id: self.run_id.clone(),
-                kind: "module",
-                task: String::new(),
-                idx: 0,
-                op: name.to_string(),
-                args: serde_json::json!({ "path": name, "sha256": sha256 }).to_string(),
-                result: None,
-                error: None,
-                started_at: crate::util::now_micros(),
-                duration_us: 0,
-            });
+            writer.push(Pending::marker(
+                self.run_id.clone(),
+                "module",
+                name,
+                serde_json::json!({ "path": name, "sha256": sha256 }).to_string(),
+                None,
+                0,
+            ));
         }
     }
 }
