@@ -110,13 +110,22 @@ impl Writer {
         st.entries.push(entry);
         if st.entries.len() >= MAX_QUEUED {
             self.shared.wake.notify_one();
-            while st.entries.len() >= MAX_QUEUED && !st.stop {
+            while st.entries.len() >= MAX_QUEUED && !st.stop && st.failure.is_none() {
                 st = match self.shared.drained.wait(st) {
                     Ok(g) => g,
                     Err(_) => return,
                 };
             }
         }
+    }
+
+    /// Why the last commit failed, while the writer cannot commit.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|st| st.failure.clone())
     }
 
     /// Queue a source file (content-addressed by its sha256).
@@ -210,8 +219,19 @@ fn writer_loop(
         let Ok(mut st) = shared.state.lock() else {
             return;
         };
-        if let Err(e) = outcome {
-            st.failure = Some(e.message);
+        match outcome {
+            Ok(()) => st.failure = None,
+            Err(e) => {
+                // Keep the batch, in order, ahead of what came since: the next tick retries it,
+                // so a passing fault never leaves a gap in a run's calls.
+                let mut retry = entries;
+                retry.append(&mut st.entries);
+                st.entries = retry;
+                let mut retry_sources = sources;
+                retry_sources.append(&mut st.sources);
+                st.sources = retry_sources;
+                st.failure = Some(e.message);
+            }
         }
         st.done = request;
         shared.flushed.notify_all();

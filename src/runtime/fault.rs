@@ -17,6 +17,7 @@ pub mod kinds {
     pub const NETWORK: &str = "network";
     pub const INTERRUPTED: &str = "interrupted";
     pub const TASK: &str = "task_failed";
+    pub const LEDGER: &str = "ledger_error";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +65,7 @@ impl OpError {
             kinds::LIMIT => Kind::Limit,
             kinds::DIVERGENCE => Kind::Divergence,
             kinds::INTERRUPTED => Kind::Interrupted,
+            kinds::LEDGER => Kind::Ledger,
             _ => Kind::Script,
         }
     }

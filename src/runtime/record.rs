@@ -273,6 +273,18 @@ impl RunCtx {
             self.stop
                 .stop(OpError::new(kinds::INTERRUPTED, "interrupted by a signal"));
         }
+        // No effect may happen that the ledger cannot record: a failing ledger stops the run.
+        if let Recorder::Live(writer) = &self.recorder
+            && let Some(why) = writer.failure()
+        {
+            self.stop.stop(
+                OpError::new(
+                    kinds::LEDGER,
+                    format!("the ledger cannot be written: {why}"),
+                )
+                .hint("check the disk and the permissions of .stagecraft/; nothing more ran"),
+            );
+        }
         self.stop.check()?;
         let task = self.tasks.current();
         let (path, idx) = match &task {

@@ -1656,3 +1656,25 @@ fn ledger_flag_and_env_put_the_ledger_elsewhere() {
         .output()
         .ok();
 }
+
+#[test]
+fn a_ledger_that_cannot_be_written_fails_the_run_with_exit_7() {
+    let p = Project::new().file("first.luau", "return 1");
+    p.run(&["run", "first.luau"]).ok();
+    // From now on the database refuses to record the end of any run.
+    p.db()
+        .execute_batch(
+            "CREATE TRIGGER refuse_end BEFORE INSERT ON entries WHEN NEW.kind = 'run.end' \
+             BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .expect("add trigger");
+    p.script("print(os.time() > 0)", &[])
+        .code(7)
+        .stdout_is("true\n")
+        .stderr_has("disk says no");
+    // Nothing of the failed batch was half-written: the chain still verifies up to its head.
+    p.db()
+        .execute_batch("DROP TRIGGER refuse_end")
+        .expect("drop trigger");
+    p.run(&["ledger", "verify"]).ok();
+}
