@@ -85,3 +85,59 @@ fn config_errors_name_file_and_line() {
         .stderr_has("stagecraft.yml")
         .stderr_has("permisions");
 }
+
+#[test]
+fn limit_flags_are_checked() {
+    let p = Project::new();
+    p.script("return 1", &["--cpu-limit", "-1"])
+        .code(2)
+        .stderr_has("--cpu-limit must be a non-negative number");
+    p.script("return 1", &["--memory-limit", "0"])
+        .code(2)
+        .stderr_has("--memory-limit must be at least 1 MB");
+    p.script("return 1", &["--timeout", "0"])
+        .code(2)
+        .stderr_has("--timeout must be a positive number");
+    p.script("return 1", &["--cpu-limit", "0"]).ok();
+}
+
+#[test]
+fn exec_grant_by_absolute_path() {
+    let p = Project::new();
+    let sh = std::fs::canonicalize("/bin/sh").expect("sh");
+    let grant = format!("exec:{}", sh.display());
+    p.script(
+        "print(require('stagecraft/exec').run({'/bin/sh', '-c', 'echo ok'}).stdout)",
+        &["--allow", &grant],
+    )
+    .ok()
+    .stdout_is("ok\n\n");
+    p.script(
+        "require('stagecraft/exec').run({'true'})",
+        &["--allow", &grant],
+    )
+    .code(3)
+    .stderr_has("needs capability exec:true");
+}
+
+#[test]
+fn sigterm_ends_a_computing_script_as_interrupted() {
+    use std::io::BufRead;
+    let p = Project::new().file("spin.luau", "print('spinning')\nwhile true do end\n");
+    let mut cmd = p.cmd(&["run", "spin.luau", "--cpu-limit", "0"]).cmd;
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("first line");
+    assert_eq!(line, "spinning\n");
+    // SAFETY: sending a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    let runs = p.run(&["ledger", "ls", "--json"]).ok().json();
+    assert_eq!(runs[0]["status"], "interrupted");
+}

@@ -202,3 +202,45 @@ fn ledger_listing_into_a_closed_pipe_ends_quietly() {
         out.status
     );
 }
+
+#[test]
+fn ledger_entries_lists_a_runs_calls() {
+    let p = Project::new();
+    p.write("first.luau", "local t = os.time() return t");
+    p.run(&["run", "first.luau"]).ok();
+    let src = r#"local ledger = require("stagecraft/ledger")
+local run = ledger.last({ script = "first.luau" })
+local entries = ledger.entries(run.id)
+print(#entries, entries[1].op, entries[1].kind, entries[1].task)
+"#;
+    p.script(src, &[])
+        .ok()
+        .stdout_is("1\tos.time\tcall\tmain\n");
+}
+
+#[test]
+fn installed_recipe_packages_can_be_required() {
+    let p = Project::new();
+    p.write(
+        ".stagecraft/recipes/greeter/init.luau",
+        "return { hello = function(n) return 'hi ' .. n end }",
+    );
+    p.write(".stagecraft/recipes/greeter/extra.luau", "return 42");
+    p.script(
+        "print(require('greeter').hello('x'), require('greeter/extra'))",
+        &[],
+    )
+    .ok()
+    .stdout_is("hi x\t42\n");
+    p.script("require('nothere')", &[])
+        .code(1)
+        .stderr_has("no module 'nothere'");
+}
+
+#[test]
+fn exec_reports_the_signal_that_killed_the_child() {
+    let p = Project::new();
+    p.script("local r = require('stagecraft/exec').run({'sh', '-c', 'kill -TERM $$'}) print(r.code, r.signal)", &["--allow", "exec:sh"])
+        .ok()
+        .stdout_is("143\t15\n");
+}
