@@ -300,7 +300,15 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         Some(end.to_string()),
         started.elapsed().as_micros() as i64,
     ));
-    writer.close()?;
+    if let Err(mut e) = writer.close() {
+        if let Some(run_error) = &outcome.error {
+            e = e.with_detail(format!("the run itself ended with: {}", run_error.message));
+        }
+        return Err(e.with_hint(
+            "the ledger could not record this run's last entries; check the disk and the \
+             permissions of the ledger's directory",
+        ));
+    }
     drop(run_lock);
     let _ = std::fs::remove_file(&lock_path);
     Ok(outcome)

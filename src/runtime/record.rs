@@ -571,6 +571,32 @@ impl RunCtx {
                     ctx: self,
                     call: Some(call),
                 };
+                // An effect on the world happens only once its intent is durable: commit the
+                // `call.start` (and everything before it) first. A ledger that cannot be written
+                // stops the run before the effect.
+                if changes_the_world(op)
+                    && let Recorder::Live(writer) = &self.recorder
+                {
+                    let writer = writer.clone();
+                    let committed = tokio::task::spawn_blocking(move || writer.flush())
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.message));
+                    if let Err(why) = committed {
+                        let err = OpError::new(
+                            kinds::LEDGER,
+                            format!("the ledger cannot be written: {why}"),
+                        )
+                        .hint(
+                            "check the disk and the permissions of .stagecraft/; nothing more ran",
+                        );
+                        self.stop.stop(err.clone());
+                        if let Some(call) = in_flight.call.take() {
+                            let _ = self.finish(call, Err(err.clone()));
+                        }
+                        return Err(err);
+                    }
+                }
                 let outcome = effect().await;
                 match in_flight.call.take() {
                     Some(call) => self.finish(call, outcome),
@@ -644,4 +670,13 @@ impl RunCtx {
             ));
         }
     }
+}
+
+/// Operations with an effect outside the process: their intent is committed before they run.
+/// Reads (fs.read, fs.exists, fs.list, ledger queries) are recorded when they finish.
+fn changes_the_world(op: &str) -> bool {
+    matches!(
+        op,
+        "exec.run" | "fs.write" | "fs.mkdir" | "fs.remove" | "http.get" | "http.post"
+    )
 }

@@ -1678,3 +1678,28 @@ fn a_ledger_that_cannot_be_written_fails_the_run_with_exit_7() {
         .expect("drop trigger");
     p.run(&["ledger", "verify"]).ok();
 }
+
+#[test]
+fn no_effect_happens_when_its_intent_cannot_be_recorded() {
+    let p = Project::new().file("first.luau", "return 1");
+    p.run(&["run", "first.luau"]).ok();
+    p.db()
+        .execute_batch(
+            "CREATE TRIGGER refuse_exec BEFORE INSERT ON entries \
+             WHEN NEW.kind = 'call.start' AND NEW.op = 'exec.run' \
+             BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .expect("add trigger");
+    let out = p.script(
+        "require('stagecraft/exec').run({'sh', '-c', 'echo ran > marker'})\nprint('after')",
+        &["--allow", "exec:sh"],
+    );
+    let out = out
+        .code(7)
+        .stderr_has("the ledger cannot be written")
+        .stdout_lacks("after");
+    assert!(
+        !p.path("marker").exists(),
+        "the effect ran without its intent recorded: {out:?}"
+    );
+}
