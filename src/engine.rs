@@ -277,8 +277,10 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         print_to_stderr: settings.json,
         rng: Mutex::new(rand::rngs::StdRng::from_os_rng()),
     });
+    tracing::info!(run = %run_id, script = %script.chunk, "run started");
     let result = execute(&ctx, &script, settings.memory_limit_mb);
     let outcome = outcome_of(&ctx, &run_id, result, started);
+    tracing::info!(run = %run_id, status = outcome.status.as_str(), millis = outcome.duration_ms as u64, "run ended");
 
     let dirty = dirty_probe.and_then(|h| h.join().ok()).flatten();
     let error_json = outcome.error.as_ref().map(|e| {

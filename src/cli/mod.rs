@@ -122,6 +122,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    init_tracing();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -167,4 +168,18 @@ pub fn print_json(v: &impl serde::Serialize) {
 pub fn cwd() -> Result<PathBuf, Error> {
     std::env::current_dir()
         .map_err(|e| Error::usage(format!("cannot read the current directory: {e}")))
+}
+
+/// `STAGECRAFT_TRACE=debug` (any tracing filter) prints the engine's own diagnostics on stderr:
+/// ledger batches, run start and end, replay matching. Only ids, counts and timings are traced,
+/// never arguments or results, so nothing secret can reach it.
+fn init_tracing() {
+    let Ok(filter) = std::env::var("STAGECRAFT_TRACE") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

@@ -214,7 +214,20 @@ fn writer_loop(
         let outcome = if entries.is_empty() && sources.is_empty() {
             Ok(())
         } else {
-            append(&mut conn, &paths, &key, &ledger_id, &entries, &sources)
+            let t0 = std::time::Instant::now();
+            let r = append(&mut conn, &paths, &key, &ledger_id, &entries, &sources);
+            match &r {
+                Ok(()) => tracing::debug!(
+                    entries = entries.len(),
+                    sources = sources.len(),
+                    micros = t0.elapsed().as_micros() as u64,
+                    "ledger batch committed"
+                ),
+                Err(e) => {
+                    tracing::warn!(entries = entries.len(), error = %e.message, "ledger batch failed; will retry")
+                }
+            }
+            r
         };
         let Ok(mut st) = shared.state.lock() else {
             return;

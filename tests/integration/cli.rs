@@ -141,3 +141,21 @@ fn sigterm_ends_a_computing_script_as_interrupted() {
     let runs = p.run(&["ledger", "ls", "--json"]).ok().json();
     assert_eq!(runs[0]["status"], "interrupted");
 }
+
+#[test]
+fn stagecraft_trace_shows_engine_diagnostics() {
+    let p = Project::new();
+    p.write("script.luau", "print(os.time() > 0)");
+    p.cmd(&["run", "script.luau"])
+        .env("STAGECRAFT_TRACE", "debug")
+        .output()
+        .ok()
+        .stdout_is("true\n")
+        .stderr_has("run started")
+        .stderr_has("ledger batch committed")
+        .stderr_has("run ended");
+    // Off by default.
+    p.run(&["run", "script.luau"])
+        .ok()
+        .stderr_lacks("ledger batch committed");
+}
