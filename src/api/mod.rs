@@ -22,6 +22,15 @@ pub enum Stability {
     Experimental,
 }
 
+impl Stability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stability::Stable => "stable",
+            Stability::Experimental => "experimental",
+        }
+    }
+}
+
 pub struct Module {
     pub name: &'static str,
     pub register: fn(&Lua) -> mlua::Result<Table>,
@@ -123,11 +132,6 @@ fn friendly_serde(func: &str, msg: &str) -> String {
         return format!("{func}: unknown field '{field}'{hint}");
     }
     format!("{func}: {msg}")
-}
-
-/// Map an operational error to the Lua error it raises.
-pub fn raise(e: OpError) -> mlua::Error {
-    e.into_lua()
 }
 
 #[cfg(test)]

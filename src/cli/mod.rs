@@ -47,6 +47,12 @@ pub enum Command {
     /// Inspect and verify the ledger.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// List the modules scripts can require, with their stability.
+    Modules {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const RUN_HELP: &str = "\
@@ -147,6 +153,7 @@ where
         Command::Run(a) => run_cmd::run(a),
         Command::Replay(a) => replay_cmd::run(a),
         Command::Ledger(c) => ledger_cmd::run(c),
+        Command::Modules { json } => modules(json),
     };
     match result {
         Ok(code) => code,
@@ -182,4 +189,50 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// `stagecraft modules`: the Rust primitives (from the one registry) and the embedded stdlib.
+fn modules(json: bool) -> Result<i32, Error> {
+    let mut rows: Vec<(String, &'static str, String)> = crate::api::MODULES
+        .iter()
+        .map(|m| {
+            (
+                format!("stagecraft/{}", m.name),
+                m.stability.as_str(),
+                m.about.to_string(),
+            )
+        })
+        .collect();
+    for f in crate::runtime::loader::STDLIB
+        .get_dir("stagecraft")
+        .map(|d| d.files().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let Some(stem) = f.path().file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        // The first comment line of a Luau module is its one-line description.
+        let about = f
+            .contents_utf8()
+            .and_then(|t| t.lines().find(|l| l.starts_with("-- ")))
+            .map(|l| {
+                let l = l.trim_start_matches("-- ");
+                let prefix = format!("stagecraft/{stem}: ");
+                l.strip_prefix(prefix.as_str()).unwrap_or(l).to_string()
+            })
+            .unwrap_or_default();
+        rows.push((format!("stagecraft/{stem}"), "stable", about));
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, s, a)| serde_json::json!({ "module": n, "stability": s, "about": a }))
+            .collect();
+        print_json(&v);
+    } else {
+        for (n, s, a) in rows {
+            println!("{n:<20} {s:<13} {a}");
+        }
+    }
+    Ok(exit::OK)
 }

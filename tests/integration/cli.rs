@@ -159,3 +159,38 @@ fn stagecraft_trace_shows_engine_diagnostics() {
         .ok()
         .stderr_lacks("ledger batch committed");
 }
+
+#[test]
+fn modules_lists_every_requirable_module() {
+    let p = Project::new();
+    let out = p.run(&["modules"]).ok();
+    for m in [
+        "exec", "fs", "secrets", "task", "json", "yaml", "log", "http", "ledger", "test",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("stagecraft/{m} ")),
+            "{m} missing:\n{}",
+            out.stdout
+        );
+    }
+    let v = p.run(&["modules", "--json"]).ok().json();
+    let http = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["module"] == "stagecraft/http")
+        .expect("http");
+    assert_eq!(http["stability"], "experimental");
+    // Every listed module can actually be required.
+    let names: Vec<String> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["module"].as_str().expect("name").to_string())
+        .collect();
+    let src: String = names
+        .iter()
+        .map(|n| format!("assert(require('{n}'))\n"))
+        .collect();
+    p.script(&src, &[]).ok();
+}
