@@ -61,7 +61,11 @@ fn describe(e: &serde_saphyr::Error) -> String {
         inner = error;
     }
     let E::Budget { breach, .. } = inner else {
-        return format!("yaml.decode: {e}");
+        // serde-saphyr words some errors for Rust callers; say it for script authors.
+        return format!("yaml.decode: {e}").replace(
+            ", set DuplicateKeyPolicy in Options if acceptable",
+            " (remove one of them)",
+        );
     };
     let bomb = "is it an anchor/alias bomb?";
     let (what, hint) = match breach {
