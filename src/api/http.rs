@@ -42,7 +42,11 @@ struct HttpOpts {
     json: Option<serde_json::Value>,
     /// Seconds (default 30).
     timeout: Option<f64>,
+    /// Largest response body accepted, in bytes (default 64 MiB).
+    max_size: Option<usize>,
 }
+
+const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 
 async fn request(
     lua: Lua,
@@ -87,6 +91,7 @@ async fn send(
     url: reqwest::Url,
     o: HttpOpts,
 ) -> Result<serde_json::Value, OpError> {
+    let o_max_size = o.max_size;
     let host = url.host_str().unwrap_or_default().to_string();
     ctx.require(func, &Request::Net(&host), &format!("net:{host}"))?;
     let grants = ctx.grants.clone();
@@ -132,7 +137,7 @@ async fn send(
     } else if let Some(b) = o.body {
         req = req.body(b);
     }
-    let resp = req.send().await.map_err(|e| {
+    let mut resp = req.send().await.map_err(|e| {
         let kind = if e.is_timeout() {
             kinds::TIMEOUT
         } else {
@@ -146,10 +151,30 @@ async fn send(
     for (k, v) in resp.headers() {
         headers.insert(k.as_str().to_string(), json!(v.to_str().unwrap_or("")));
     }
-    let body = resp
-        .text()
+    // Read at most `max_size` bytes: a huge or endless body is an error, not an exhausted process.
+    let limit = o_max_size.unwrap_or(DEFAULT_MAX_BODY);
+    let too_big = || {
+        OpError::new(
+            kinds::NETWORK,
+            format!("{func}: the response body is larger than {limit} bytes"),
+        )
+        .hint("raise the max_size option if this is expected")
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| OpError::new(kinds::NETWORK, format!("{func}: reading body: {e}")))?;
+        .map_err(|e| OpError::new(kinds::NETWORK, format!("{func}: reading body: {e}")))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8_lossy(&body);
     Ok(json!({ "status": status, "headers": headers, "body": body }))
 }
 

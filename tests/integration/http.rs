@@ -139,3 +139,19 @@ fn bad_urls_are_caller_errors() {
     .code(1)
     .stderr_has("invalid URL");
 }
+
+#[test]
+fn response_bodies_are_bounded() {
+    let port = serve(2);
+    let p = Project::new();
+    let src = format!(
+        r#"local http = require("stagecraft/http")
+local ok, err = pcall(http.get, "http://127.0.0.1:{port}/echo", {{ max_size = 10 }})
+print(ok, err.kind, err.message:find("larger than 10 bytes", 1, true) ~= nil)
+print(#http.get("http://127.0.0.1:{port}/echo").body > 10)
+"#
+    );
+    p.script(&src, &["--allow", "net:127.0.0.1"])
+        .ok()
+        .stdout_is("false\tnetwork\ttrue\ntrue\n");
+}
