@@ -39,7 +39,12 @@ struct RunOpts {
     timeout: Option<f64>,
     /// Forward output to the terminal (scrubbed) while capturing it.
     stream: bool,
+    /// Most bytes kept of each of stdout and stderr (default 16 MiB); the rest is read and
+    /// dropped, and the result says `truncated = true`.
+    max_output: Option<usize>,
 }
+
+const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
 
 async fn run(lua: Lua, (argv, o): (Value, Option<Value>)) -> mlua::Result<Value> {
     let ctx = ctx(&lua)?;
@@ -180,10 +185,11 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     let out = child.stdout.take();
     let err = child.stderr.take();
     let stream = o.stream;
+    let keep = o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT);
     let collect = async {
         let (stdout, stderr, status) = tokio::join!(
-            capture(ctx, out, stream.then_some(ctx.print_to_stderr)),
-            capture(ctx, err, stream.then_some(true)),
+            capture(ctx, out, stream.then_some(ctx.print_to_stderr), keep),
+            capture(ctx, err, stream.then_some(true), keep),
             child.wait()
         );
         (stdout, stderr, status)
@@ -208,11 +214,15 @@ async fn spawn(ctx: &RunCtx, argv: Vec<String>, o: RunOpts) -> Result<serde_json
     let status =
         status.map_err(|e| OpError::io(format!("exec.run: waiting for {}: {e}", argv[0])))?;
     use std::os::unix::process::ExitStatusExt;
+    let ((stdout, out_cut), (stderr, err_cut)) = (stdout, stderr);
     let mut result = json!({
         "code": status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         "stdout": String::from_utf8_lossy(&stdout),
         "stderr": String::from_utf8_lossy(&stderr),
     });
+    if out_cut || err_cut {
+        result["truncated"] = json!(true);
+    }
     if let Some(sig) = status.signal() {
         result["signal"] = json!(sig);
     }
@@ -224,10 +234,12 @@ async fn capture(
     ctx: &RunCtx,
     pipe: Option<impl AsyncRead + Unpin>,
     forward: Option<bool>,
-) -> Vec<u8> {
+    keep: usize,
+) -> (Vec<u8>, bool) {
     let Some(mut pipe) = pipe else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
+    let mut cut = false;
     let mut all = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut scrub = forward.map(|_| ctx.secrets.scrubber.stream());
@@ -235,7 +247,9 @@ async fn capture(
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                all.extend_from_slice(&buf[..n]);
+                let room = keep.saturating_sub(all.len());
+                all.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
                 if let (Some(s), Some(to_err)) = (scrub.as_mut(), forward) {
                     write_raw(&s.push(&buf[..n]), to_err);
                 }
@@ -245,7 +259,7 @@ async fn capture(
     if let (Some(s), Some(to_err)) = (scrub.as_mut(), forward) {
         write_raw(&s.finish(), to_err);
     }
-    all
+    (all, cut)
 }
 
 fn write_raw(bytes: &[u8], to_err: bool) {
