@@ -1,5 +1,6 @@
 //! The one list of Rust primitives exposed to scripts as `stagecraft/<name>`.
 
+pub mod docker;
 pub mod exec;
 pub mod fs;
 pub mod http;
@@ -89,6 +90,12 @@ pub static MODULES: &[Module] = &[
         about: "HTTP GET/POST (capability net:HOST)",
     },
     Module {
+        name: "docker",
+        register: docker::register,
+        stability: Stability::Experimental,
+        about: "Docker Engine API: images, containers, networks, volumes (capability docker)",
+    },
+    Module {
         name: "ledger",
         register: ledger::register,
         stability: Stability::Stable,
@@ -110,6 +117,20 @@ pub fn opts<T: DeserializeOwned + Default>(func: &str, value: Option<Value>) -> 
     let json = to_json(&v, ToJson::default())
         .map_err(|e| OpError::invalid(format!("{func}: {e}")).into_lua())?;
     from_json(func, json)
+}
+
+/// A list field that also accepts an empty table (which converts to an empty JSON object).
+pub fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::Deserialize;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(m) if m.is_empty() => Ok(Vec::new()),
+        serde_json::Value::Null => Ok(Vec::new()),
+        v => serde_json::from_value(v).map_err(serde::de::Error::custom),
+    }
 }
 
 /// Deserialize JSON into a strict struct with friendly errors.

@@ -678,5 +678,5 @@ fn changes_the_world(op: &str) -> bool {
     matches!(
         op,
         "exec.run" | "fs.write" | "fs.mkdir" | "fs.remove" | "http.get" | "http.post"
-    )
+    ) || crate::api::docker::changes_the_world(op)
 }
