@@ -1,6 +1,8 @@
 //! The one list of Rust primitives exposed to scripts as `stagecraft/<name>`.
 
+pub mod compose_file;
 pub mod docker;
+pub mod errors;
 pub mod exec;
 pub mod fs;
 pub mod http;
@@ -94,6 +96,18 @@ pub static MODULES: &[Module] = &[
         register: docker::register,
         stability: Stability::Experimental,
         about: "Docker Engine API: images, containers, networks, volumes (capability docker)",
+    },
+    Module {
+        name: "compose_file",
+        register: compose_file::register,
+        stability: Stability::Experimental,
+        about: "parse and validate docker-compose.yml (used by stagecraft/compose)",
+    },
+    Module {
+        name: "errors",
+        register: errors::register,
+        stability: Stability::Stable,
+        about: "structured errors (kind, message, hint) for Luau libraries",
     },
     Module {
         name: "ledger",

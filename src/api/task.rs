@@ -1,5 +1,5 @@
 //! `stagecraft/task`: structured concurrency. `parallel({fn, ...})` and `map(list, fn, {limit=})`
-//! run Lua functions as concurrent tasks; the first error cancels the siblings and is re-raised
+//! run Lua functions as concurrent tasks; `sleep(seconds)` waits (recorded; replays skip it); the first error cancels the siblings and is re-raised
 //! with the failing task's identity.
 
 use std::sync::Arc;
@@ -17,7 +17,30 @@ pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("parallel", lua.create_async_function(parallel)?)?;
     t.set("map", lua.create_async_function(map)?)?;
+    t.set("sleep", lua.create_async_function(sleep)?)?;
     Ok(t)
+}
+
+/// `sleep(seconds)`: wait (a recorded call, so a replay does not wait). For grace periods
+/// such as draining a replaced container, not for synchronisation.
+async fn sleep(lua: Lua, seconds: f64) -> mlua::Result<()> {
+    if !(seconds.is_finite() && (0.0..=86_400.0).contains(&seconds)) {
+        return Err(
+            OpError::invalid("task.sleep: seconds must be a number between 0 and 86400").into_lua(),
+        );
+    }
+    let ctx = ctx(&lua)?;
+    ctx.record(
+        "task.sleep",
+        serde_json::json!({ "seconds": seconds }),
+        || async {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)).await;
+            Ok(serde_json::Value::Null)
+        },
+    )
+    .await
+    .map_err(OpError::into_lua)?;
+    Ok(())
 }
 
 #[derive(Deserialize, Default)]

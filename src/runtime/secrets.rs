@@ -145,6 +145,25 @@ impl SecretStore {
         })
     }
 
+    /// Register a value derived from secrets (say, a URL with a password interpolated into it)
+    /// under an internal name, and return its handle. The name is not a loadable secret.
+    pub fn derive(&self, name: &str, value: &str) -> Result<SecretHandle, OpError> {
+        if !self.scrubber.add(value) && value.trim().len() >= super::scrub::MIN_SECRET_LEN {
+            return Err(OpError::new(
+                "internal",
+                "a secret-bearing value could not be registered for redaction",
+            ));
+        }
+        let fingerprint = self.fingerprint(value);
+        if let Ok(mut m) = self.values.lock() {
+            m.insert(name.to_string(), value.to_string());
+        }
+        Ok(SecretHandle {
+            name: name.to_string(),
+            fingerprint,
+        })
+    }
+
     /// HMAC of the value under the per-user key (stable across runs of the same user).
     pub fn fingerprint(&self, value: &str) -> String {
         match &self.key {

@@ -5,6 +5,7 @@ mod harness;
 mod cli;
 mod examples;
 mod hostile;
+mod images;
 mod http;
 mod ledger;
 mod modules;
