@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod compose;
 mod examples;
 mod hostile;
 mod images;
