@@ -57,6 +57,9 @@ fn every_example_runs_with_its_declared_capabilities_and_replays() {
         .collect();
     examples.sort();
     assert!(!examples.is_empty(), "no examples found");
+    // The compose examples run the test images (there is no registry to pull from).
+    crate::images::web();
+    crate::images::caddy();
     for path in examples {
         let name = path
             .file_name()
