@@ -145,7 +145,8 @@ fn up_is_idempotent_visible_to_docker_compose_and_down_removes_everything() {
             "compose.load",
             "docker.containers.list",
             "docker.networks.list",
-            "docker.volumes.list"
+            "docker.volumes.list",
+            "docker.images.list"
         ],
         "a no-op re-apply only reads"
     );
@@ -192,6 +193,41 @@ fn up_is_idempotent_visible_to_docker_compose_and_down_removes_everything() {
     assert!(nets.is_empty(), "networks left: {nets}");
     let vols = docker_ok(&["volume", "ls", "--filter", &format!("name={name}_"), "-q"]);
     assert!(vols.is_empty(), "volumes left: {vols}");
+}
+
+#[test]
+fn a_retagged_image_recreates_the_services_that_run_it() {
+    let guard = Cleanup::new();
+    let name = guard.project(&images::unique("sctag"));
+    let tag = format!("{name}-img:1");
+    docker_ok(&["tag", images::web(), &tag]);
+    let p = project(&format!(
+        "services:\n  a:\n    image: {tag}\n  b:\n    image: {web}\n",
+        web = images::web()
+    ));
+    let up = format!(
+        "local r = require('stagecraft/compose').up{{project = '{name}'}}\n\
+         print(r.services.a.action, r.services.b.action)\n"
+    );
+    p.script(&up, &[]).ok().stdout_has("created\tcreated");
+    p.script(&up, &[]).ok().stdout_has("unchanged\tunchanged");
+    // A new image under the same tag.
+    p.write(
+        "img/Dockerfile",
+        &format!("FROM {}\nLABEL rebuilt={name}\n", images::web()),
+    );
+    p.script(
+        &format!(
+            "require('stagecraft/docker').build{{context = 'img', tag = '{tag}', quiet = true}}"
+        ),
+        &[],
+    )
+    .ok();
+    p.script(&up, &[]).ok().stdout_has("recreated\tunchanged");
+    let image = docker_ok(&["inspect", "-f", "{{.Image}}", &format!("{name}-a-1")]);
+    let want = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    assert_eq!(image, want);
+    docker_ok(&["rmi", "-f", &tag]);
 }
 
 #[test]
