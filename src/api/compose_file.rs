@@ -7,6 +7,7 @@
 //! created), and it may not go anywhere else. Secret values never reach the script or the ledger.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use mlua::{Lua, Table, Value};
 use serde::Deserialize;
@@ -56,6 +57,8 @@ fn load(lua: &Lua, (path, o): (String, Option<Value>)) -> mlua::Result<Value> {
 
 fn load_model(ctx: &RunCtx, path: &str, o: &LoadOpts) -> Result<serde_json::Value, OpError> {
     use super::fs::{Access, confine};
+    // Compose files reach `.env` (secrets), and only a run that may drive an engine needs them.
+    ctx.require(F, &Request::Plain("docker"), "docker")?;
     let full = confine(ctx, F, path, Access::Read)?;
     let text = std::fs::read_to_string(&full).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -138,7 +141,18 @@ fn load_model(ctx: &RunCtx, path: &str, o: &LoadOpts) -> Result<serde_json::Valu
         } else {
             format!("{rel_dir}/{rel}")
         };
-        let p = confine(ctx, F, &joined, Access::Read).map_err(|e| e.message)?;
+        // The project's own `.env` is a common env_file; `fs` keeps it from scripts, compose
+        // (capability docker) may read it.
+        let p = match confine(ctx, F, &joined, Access::Read) {
+            Ok(p) => p,
+            Err(_)
+                if crate::runtime::loader::normalize(Path::new(&joined))
+                    .is_some_and(|n| n == Path::new(".env")) =>
+            {
+                ctx.project.root.join(".env")
+            }
+            Err(e) => return Err(e.message),
+        };
         std::fs::read_to_string(&p).map_err(|e| e.to_string())
     };
     let mut model = crate::compose::load(
@@ -171,6 +185,16 @@ fn load_model(ctx: &RunCtx, path: &str, o: &LoadOpts) -> Result<serde_json::Valu
                 continue;
             };
             for (key, val) in env.iter_mut() {
+                // A plain value holding a loaded secret (say, from an env_file) is a secret too:
+                // recorded as is, it would be redacted, and the container would get the redaction.
+                if let Some(plain) = val.as_str()
+                    && matches!(
+                        ctx.secrets.scrubber.scrub(plain),
+                        std::borrow::Cow::Owned(_)
+                    )
+                {
+                    *val = json!({ "secret_value": plain });
+                }
                 if let Some(secret) = val.get("secret_value").and_then(|s| s.as_str()) {
                     let handle = ctx
                         .secrets

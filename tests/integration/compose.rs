@@ -276,6 +276,11 @@ fn invalid_files_are_refused_with_file_line_and_column_before_any_engine_call() 
             "case {i}: no engine call after a bad file"
         );
     }
+    // Compose files reach .env: loading one needs the docker capability.
+    let p = Project::new().file("docker-compose.yml", "services:\n  web:\n    image: x\n");
+    p.script("require('stagecraft/compose').load()", &[])
+        .code(3)
+        .stderr_has("compose.load needs capability docker");
     // The `${VAR:?message}` message is shown.
     let p = project("services:\n  web:\n    image: app:${TAG:?set TAG to the release}\n");
     p.script("require('stagecraft/compose').load()", &[])
@@ -530,9 +535,10 @@ fn secrets_in_compose_environment_reach_the_container_but_never_the_ledger() {
         .file(
             "docker-compose.yml",
             &format!(
-                "services:\n  app:\n    image: {}:${{TAG}}\n    environment:\n      \
-                 DATABASE_URL: postgres://app:${{DB_PASSWORD}}@db/app\n",
-                web.rsplit_once(':').map(|(r, _)| r).unwrap_or(web)
+                "services:\n  app:\n    image: {repo}:${{TAG}}\n    environment:\n      \
+                 DATABASE_URL: postgres://app:${{DB_PASSWORD}}@db/app\n  \
+                 worker:\n    image: {web}\n    env_file: .env\n",
+                repo = web.rsplit_once(':').map(|(r, _)| r).unwrap_or(web)
             ),
         );
     let out = p
@@ -558,6 +564,15 @@ fn secrets_in_compose_environment_reach_the_container_but_never_the_ledger() {
         env.contains(&format!("DATABASE_URL=postgres://app:{password}@db/app")),
         "{env}"
     );
+    // Through an env_file too: the container gets the value, the ledger a reference.
+    let env = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        &format!("{name}-worker-1"),
+    ]);
+    assert!(env.contains(&format!("DB_PASSWORD={password}")), "{env}");
+    assert!(env.contains("TAG=1"), "{env}");
     let db = p.db();
     let all: String = db
         .query_row(
