@@ -231,6 +231,34 @@ fn a_retagged_image_recreates_the_services_that_run_it() {
 }
 
 #[test]
+fn scaling_adds_and_removes_replicas_by_number() {
+    let guard = Cleanup::new();
+    let name = guard.project(&images::unique("scscale"));
+    let p = project(&format!(
+        "services:\n  web:\n    image: {}\n    deploy:\n      replicas: ${{N:-2}}\n",
+        images::web()
+    ));
+    p.script(
+        &format!(
+            "local compose = require('stagecraft/compose')\n\
+             for _, n in {{'2', '3', '3', '1'}} do\n\
+               local r = compose.up{{project = '{name}', env = {{N = n}}, quiet = true}}\n\
+               print(n, r.services.web.action, table.concat(r.services.web.containers, ','))\n\
+             end\n"
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is(&format!(
+        "2\tcreated\t{name}-web-1,{name}-web-2\n\
+         3\tscaled\t{name}-web-1,{name}-web-2,{name}-web-3\n\
+         3\tunchanged\t{name}-web-1,{name}-web-2,{name}-web-3\n\
+         1\tscaled\t{name}-web-1\n"
+    ));
+    assert_eq!(project_containers(&name), [format!("{name}-web-1")]);
+}
+
+#[test]
 fn invalid_files_are_refused_with_file_line_and_column_before_any_engine_call() {
     let cases: &[(&str, &str)] = &[
         (
