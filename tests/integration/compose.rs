@@ -258,6 +258,77 @@ fn scaling_adds_and_removes_replicas_by_number() {
     assert_eq!(project_containers(&name), [format!("{name}-web-1")]);
 }
 
+/// A Unix socket that forwards every connection to the local engine's socket, counting them: a
+/// stand-in for an engine reached elsewhere (the SSH issue forwards a remote socket like this).
+fn forwarded_engine(dir: &std::path::Path) -> (String, Arc<AtomicUsize>) {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let path = dir.join("engine.sock");
+    let listener = UnixListener::bind(&path).expect("bind the forwarding socket");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            seen.fetch_add(1, Ordering::Relaxed);
+            let Ok(upstream) = UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (mut c2, mut u2) = (
+                client.try_clone().expect("clone"),
+                upstream.try_clone().expect("clone"),
+            );
+            let (mut c1, mut u1) = (client, upstream);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut u1);
+                let _ = u1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("unix://{}", path.display()), count)
+}
+
+#[test]
+fn compose_drives_a_connected_engine() {
+    let guard = Cleanup::new();
+    let name = guard.project(&images::unique("sceng"));
+    let sock_dir = tempfile::tempdir().expect("temp dir");
+    let (host, connections) = forwarded_engine(sock_dir.path());
+    let p = project(&format!(
+        "services:\n  web:\n    image: {}\n",
+        images::web()
+    ));
+    p.script(
+        &format!(
+            "local docker = require('stagecraft/docker')\n\
+             local engine = docker.connect{{host = '{host}'}}\n\
+             local r = require('stagecraft/compose').up{{project = '{name}', engine = engine, quiet = true}}\n\
+             print(r.services.web.action, engine.address)\n"
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is(&format!("created\t{host}\n"));
+    assert!(
+        connections.load(Ordering::Relaxed) >= 1,
+        "the engine was reached through the socket"
+    );
+    assert_eq!(project_containers(&name), [format!("{name}-web-1")]);
+    // The ledger names the engine of every call made on it.
+    let n: i64 = p
+        .db()
+        .query_row(
+            "SELECT count(*) FROM entries WHERE kind = 'call' AND op = 'docker.run' AND args LIKE ?1",
+            [format!("%\"engine\":\"{host}\"%")],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 1);
+}
+
 #[test]
 fn invalid_files_are_refused_with_file_line_and_column_before_any_engine_call() {
     let cases: &[(&str, &str)] = &[
