@@ -116,17 +116,32 @@ fn load_model(ctx: &RunCtx, path: &str, o: &LoadOpts) -> Result<serde_json::Valu
             }
         }
     }
-    // `.env` variables granted as secrets are secrets.
+    // `.env` variables granted as secrets by name (`secrets:NAME`; a blanket grant does not make
+    // every setting a secret) are secrets. The project's own `.env` goes through the
+    // secret store (the environment first, as for `secrets.get`); a compose file's `.env` in a
+    // subfolder supplies its own values.
     if let Some(text) = &dotenv {
-        for name in dotenv_names(text) {
-            if vars.plain.contains_key(&name) || vars.secret.contains_key(&name) {
+        let at_root = dir.canonicalize().ok() == ctx.project.root.canonicalize().ok();
+        let values = crate::compose::dotenv_values(text);
+        let (_, named) = ctx.grants.secret_scopes();
+        for name in values.keys() {
+            if vars.plain.contains_key(name)
+                || vars.secret.contains_key(name)
+                || !named.contains(name)
+            {
                 continue;
             }
-            if ctx.grants.allows(&Request::Secret(&name))
-                && let Ok(h) = ctx.secrets.load(&name)
-                && let Some(value) = ctx.secrets.resolve(&h)
-            {
-                vars.secret.insert(name, value);
+            let value = if at_root {
+                ctx.secrets
+                    .load(name)
+                    .ok()
+                    .and_then(|h| ctx.secrets.resolve(&h))
+            } else {
+                values.get(name).cloned()
+            };
+            if let Some(value) = value {
+                ctx.secrets.scrubber.add(&value);
+                vars.secret.insert(name.clone(), value);
             }
         }
     }
@@ -214,23 +229,6 @@ fn load_model(ctx: &RunCtx, path: &str, o: &LoadOpts) -> Result<serde_json::Valu
     v["file"] = json!(path);
     v["dir"] = json!(rel_dir);
     Ok(v)
-}
-
-/// Variable names defined in a `.env` text (for deciding which are granted secrets).
-fn dotenv_names(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            if l.starts_with('#') {
-                return None;
-            }
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                .then(|| k.to_string())
-        })
-        .collect()
 }
 
 /// Like `to_lua`, but secret references become secret handles again.

@@ -182,6 +182,15 @@ pub fn load(
     loader.load(root, project, default_project).map_err(|e| *e)
 }
 
+/// The values a `.env` text defines (interpolated among themselves, nothing else); empty when
+/// it does not parse (`load` reports that error with its position).
+pub fn dotenv_values(text: &str) -> BTreeMap<String, String> {
+    let mut unset = Vec::new();
+    dotenv::parse(text, &|_| None, &mut unset)
+        .map(|m| m.into_iter().map(|(k, v)| (k, v.value)).collect())
+        .unwrap_or_default()
+}
+
 /// Recompute a service's `config_hash` after changing it (a rollout overrides the image).
 pub fn rehash(service: &mut Service) {
     service.config_hash = convert::config_hash(service);

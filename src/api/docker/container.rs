@@ -31,6 +31,17 @@ impl Container {
     fn what(&self) -> String {
         format!("container {} ({})", short(&self.id), self.name)
     }
+    /// `what()` when a network call failed because the container is gone, `None` otherwise (a
+    /// 404 for a missing network must not claim that the container no longer exists).
+    fn gone(&self, err: &bollard::errors::Error) -> Option<String> {
+        match err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } if message.contains("No such container") => Some(self.what()),
+            _ => None,
+        }
+    }
     fn args(&self, extra: serde_json::Value) -> serde_json::Value {
         let mut a = json!({ "container": self.id, "name": self.name });
         if let (Some(obj), serde_json::Value::Object(x)) = (a.as_object_mut(), extra) {
@@ -415,6 +426,13 @@ fn create_body(
             )));
         }
         let source = match (kind.as_str(), source) {
+            ("bind", Some(s)) if s.starts_with('~') => {
+                return Err(OpError::invalid(format!(
+                    "{F}: volumes[{}]: '{s}': a home-relative source is not expanded",
+                    i + 1
+                ))
+                .hint("give an absolute path, or one relative to the project"));
+            }
             ("bind", Some(s)) if !s.starts_with('/') => Some(
                 ctx.project
                     .root
@@ -901,8 +919,13 @@ impl UserData for Container {
                 const F: &str = "docker.container.stop";
                 let args = c.args(json!({ "opts": opts_json(F, &o)? }));
                 let o: StopOpts = opts(F, o)?;
-                if let Some(t) = o.timeout {
-                    positive(F, "timeout", t.max(f64::MIN_POSITIVE))?;
+                if let Some(t) = o.timeout
+                    && !(t.is_finite() && t >= 0.0)
+                {
+                    return Err(OpError::invalid(format!(
+                        "{F}: timeout must be a non-negative number of seconds"
+                    ))
+                    .into_lua());
                 }
                 let e = c.engine.clone();
                 let v = call(&lua, &e, F, args, |_, d, _| async move {
@@ -973,7 +996,7 @@ impl UserData for Container {
                             .map_err(|err| OpError::new("internal", format!("{F}: {err}")))?;
                         d.connect_network(&network, req)
                             .await
-                            .map_err(|err| c.engine.fail(F, None, err))?;
+                            .map_err(|err| c.engine.fail(F, c.gone(&err).as_deref(), err))?;
                         Ok(json!({ "network": network }))
                     })
                     .await?;
@@ -994,7 +1017,7 @@ impl UserData for Container {
                             .map_err(|err| OpError::new("internal", format!("{F}: {err}")))?;
                     d.disconnect_network(&network, req)
                         .await
-                        .map_err(|err| c.engine.fail(F, None, err))?;
+                        .map_err(|err| c.engine.fail(F, c.gone(&err).as_deref(), err))?;
                     Ok(json!({ "network": network }))
                 })
                 .await?;

@@ -181,8 +181,10 @@ fn match_segment(pat: &[u8], s: &[u8]) -> bool {
 }
 
 /// Walk `root` (sorted, not following symlinks), honouring `.dockerignore`; `dockerfile` is the
-/// Dockerfile's path relative to the root, always included.
-pub fn collect(root: &Path, dockerfile: &str) -> std::io::Result<Context> {
+/// Dockerfile's path relative to the root, always included. `project_root`: the context is the
+/// project's root folder, so its `.stagecraft/` (the ledger) and `.env*` files (secrets) are
+/// never sent, whatever `.dockerignore` says.
+pub fn collect(root: &Path, dockerfile: &str, project_root: bool) -> std::io::Result<Context> {
     let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
         Ok(t) => Ignore::parse(&t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ignore::parse(""),
@@ -191,6 +193,12 @@ pub fn collect(root: &Path, dockerfile: &str) -> std::io::Result<Context> {
     let always = [clean(dockerfile), ".dockerignore".to_string()];
     let mut entries = Vec::new();
     walk(root, "", &ignore, &always, &mut entries)?;
+    if project_root {
+        entries.retain(|e| {
+            let top = e.rel.split('/').next().unwrap_or_default();
+            top != crate::project::STATE_DIR && top != ".env" && !top.starts_with(".env.")
+        });
+    }
     let mut h = Sha256::new();
     let mut files = 0;
     let mut bytes = 0u64;
@@ -279,15 +287,37 @@ fn walk(
     Ok(())
 }
 
-/// Write the context as a tar into `w` (a blocking writer).
+/// Write the context as a tar into `w` (a blocking writer). Modes are kept (as `docker build`
+/// does); owners and mtimes are fixed, so the same content gives the same tar.
 pub fn write_tar(ctx: &Context, w: impl std::io::Write) -> std::io::Result<()> {
+    const MTIME: u64 = 1_153_704_088; // the tar crate's deterministic mtime
     let mut b = tar::Builder::new(w);
-    b.mode(tar::HeaderMode::Deterministic);
-    b.follow_symlinks(false);
     for e in &ctx.entries {
+        let meta = std::fs::symlink_metadata(&e.full)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            h.set_mode(meta.permissions().mode() & 0o7777);
+        }
+        h.set_mtime(MTIME);
+        h.set_uid(0);
+        h.set_gid(0);
         match &e.kind {
-            EntryKind::Dir => b.append_dir(&e.rel, &e.full)?,
-            EntryKind::File | EntryKind::Symlink(_) => b.append_path_with_name(&e.full, &e.rel)?,
+            EntryKind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &e.rel, std::io::empty())?;
+            }
+            EntryKind::File => {
+                let f = std::fs::File::open(&e.full)?;
+                b.append_data(&mut h, &e.rel, f)?;
+            }
+            EntryKind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, &e.rel, target)?;
+            }
         }
     }
     b.finish()
@@ -344,7 +374,7 @@ mod tests {
             "vendor\n!vendor/keep\nDockerfile\n",
         )
         .unwrap();
-        let c = collect(root, "Dockerfile").unwrap();
+        let c = collect(root, "Dockerfile", false).unwrap();
         let rels: Vec<&str> = c.entries.iter().map(|e| e.rel.as_str()).collect();
         assert_eq!(
             rels,
@@ -358,17 +388,72 @@ mod tests {
     }
 
     #[test]
+    fn the_project_state_and_env_files_never_leave_the_project_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join(".stagecraft")).unwrap();
+        std::fs::write(root.join(".stagecraft/ledger.db"), "x").unwrap();
+        std::fs::write(root.join(".env"), "A=1").unwrap();
+        std::fs::write(root.join(".env.local"), "A=1").unwrap();
+        std::fs::write(root.join(".dockerignore"), "!.env\n").unwrap();
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").unwrap();
+        let rels = |c: Context| c.entries.into_iter().map(|e| e.rel).collect::<Vec<_>>();
+        assert_eq!(
+            rels(collect(root, "Dockerfile", true).unwrap()),
+            [".dockerignore", "Dockerfile"]
+        );
+        assert_eq!(rels(collect(root, "Dockerfile", false).unwrap()).len(), 6);
+    }
+
+    #[test]
+    fn the_tar_keeps_modes_and_fixes_owners_and_times() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(d.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            d.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o4750),
+        )
+        .unwrap();
+        let c = collect(d.path(), "Dockerfile", false).unwrap();
+        let mut buf = Vec::new();
+        write_tar(&c, &mut buf).unwrap();
+        let mut again = Vec::new();
+        write_tar(&c, &mut again).unwrap();
+        assert_eq!(buf, again, "the same content gives the same tar");
+        let mut ar = tar::Archive::new(&buf[..]);
+        let modes: Vec<(String, u32, u64)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            modes.contains(&("run.sh".to_string(), 0o4750, 0)),
+            "{modes:?}"
+        );
+    }
+
+    #[test]
     fn digest_tracks_content_not_mtime() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        let a = collect(d.path(), "Dockerfile").unwrap().digest;
+        let a = collect(d.path(), "Dockerfile", false).unwrap().digest;
         let f = std::fs::File::options()
             .write(true)
             .open(d.path().join("Dockerfile"))
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(a, collect(d.path(), "Dockerfile").unwrap().digest);
+        assert_eq!(a, collect(d.path(), "Dockerfile", false).unwrap().digest);
         std::fs::write(d.path().join("Dockerfile"), "FROM scratch\nENV A=1\n").unwrap();
-        assert_ne!(a, collect(d.path(), "Dockerfile").unwrap().digest);
+        assert_ne!(a, collect(d.path(), "Dockerfile", false).unwrap().digest);
     }
 }

@@ -159,8 +159,21 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
             lua.create_async_function(move |lua, (image, o): (String, Option<Value>)| {
                 let e = e.clone();
                 async move {
-                    let args = json!({ "image": image, "opts": opts_json(op, &o)? });
+                    // Validated before anything is recorded: a password given as a plain
+                    // string must not reach the ledger.
+                    let o_json = opts_json(op, &o)?;
                     let o: RegistryOpts = opts(op, o)?;
+                    if let Some(a) = &o.auth
+                        && crate::runtime::secrets::SecretHandle::from_reference(&a.password).is_none()
+                    {
+                        return Err(OpError::invalid(format!(
+                            "{op}: auth.password must be a secret handle, not a {}",
+                            if a.password.is_string() { "string" } else { "plain value" }
+                        ))
+                        .hint("load it with require(\"stagecraft/secrets\").get(\"REGISTRY_PASSWORD\")")
+                        .into_lua());
+                    }
+                    let args = json!({ "image": image, "opts": o_json });
                     let v = call(&lua, &e, op, args, |ctx, d, e| async move {
                         let creds = credentials(&ctx, op, &o)?;
                         if op == "docker.images.pull" {
@@ -264,12 +277,6 @@ fn credentials(
     let Some(a) = &o.auth else {
         return Ok(None);
     };
-    if a.password.is_string() {
-        return Err(OpError::invalid(format!(
-            "{func}: auth.password must be a secret handle, not a string"
-        ))
-        .hint("load it with require(\"stagecraft/secrets\").get(\"REGISTRY_PASSWORD\")"));
-    }
     let password = super::resolve_value(ctx, func, "auth.password", &a.password)?;
     Ok(Some(DockerCredentials {
         username: Some(a.username.clone()),
@@ -337,7 +344,8 @@ async fn build(lua: Lua, e: Arc<Engine>, o: Option<Value>) -> mlua::Result<Value
     // The context is recorded by digest: a replay with other files diverges.
     let d2 = dir.clone();
     let df2 = dockerfile.clone();
-    let bctx = tokio::task::spawn_blocking(move || context::collect(&d2, &df2))
+    let at_root = dir.canonicalize().ok() == ctx.project.root.canonicalize().ok();
+    let bctx = tokio::task::spawn_blocking(move || context::collect(&d2, &df2, at_root))
         .await
         .map_err(|err| OpError::io(format!("{F}: {err}")).into_lua())?
         .map_err(|err| OpError::io(format!("{F}: reading the build context: {err}")).into_lua())?;
@@ -396,7 +404,17 @@ async fn run_build(
     let mut id: Option<String> = None;
     let mut tail: Vec<String> = Vec::new();
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|err| e.fail(F, None, err))?;
+        let info = match item {
+            Ok(info) => info,
+            // bollard hands the engine's mid-stream errorDetail over as an error item.
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                bollard::models::BuildInfo {
+                    error_detail: Some(stream_error(error)),
+                    ..Default::default()
+                }
+            }
+            Err(err) => return Err(e.fail(F, None, err)),
+        };
         if let Some(s) = info.stream.as_deref() {
             if !o.quiet {
                 progress(ctx, s);
@@ -448,6 +466,15 @@ async fn run_build(
         "tags": tags,
         "context_digest": digest,
     }))
+}
+
+/// An `errorDetail` the engine sent in the middle of a stream (a failed build step, a refused
+/// push), which bollard returns as `Err(DockerStreamError)` instead of inside the item.
+fn stream_error(message: String) -> bollard::models::ErrorDetail {
+    bollard::models::ErrorDetail {
+        message: Some(message),
+        ..Default::default()
+    }
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -544,10 +571,20 @@ async fn push(
     );
     let mut digest = None;
     while let Some(item) = s.next().await {
-        let info = item.map_err(|err| e.fail(F, None, err))?;
+        let info = match item {
+            Ok(info) => info,
+            // bollard hands the engine's mid-stream errorDetail over as an error item.
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                bollard::models::PushImageInfo {
+                    error_detail: Some(stream_error(error)),
+                    ..Default::default()
+                }
+            }
+            Err(err) => return Err(e.fail(F, None, err)),
+        };
         if let Some(m) = info.error_detail.and_then(|d| d.message) {
             let kind = if m.contains("authentication") || m.contains("unauthorized") {
-                kinds::PERMISSION
+                super::errkinds::AUTHENTICATION
             } else {
                 super::errkinds::ENGINE
             };

@@ -39,6 +39,8 @@ pub mod errkinds {
     pub const CONFLICT: &str = "conflict";
     /// A container did not become healthy.
     pub const UNHEALTHY: &str = "unhealthy";
+    /// A registry refused the credentials.
+    pub const AUTHENTICATION: &str = "authentication_failed";
     /// Any other error the engine reported.
     pub const ENGINE: &str = "engine_error";
 }

@@ -58,6 +58,17 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
                 let o: NetworkOpts = opts(F, o)?;
                 let name = required_name(F, o.name.as_deref())?;
                 let v = call(&lua, &e, F, args, |_, d, e| async move {
+                    // Engines before API 1.44 create a second network of the same name.
+                    if d.inspect_network(&name, None::<q::InspectNetworkOptions>)
+                        .await
+                        .is_ok()
+                    {
+                        return Err(OpError::new(
+                            super::errkinds::CONFLICT,
+                            format!("{F}: a network named {name} already exists"),
+                        )
+                        .hint("use it, or remove it first with docker.networks.remove"));
+                    }
                     let req = serde_json::from_value(json!({
                         "Name": name,
                         "Driver": o.driver.unwrap_or_else(|| "bridge".into()),
