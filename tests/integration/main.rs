@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod compose;
+mod docker;
 mod examples;
 mod hostile;
 mod images;
