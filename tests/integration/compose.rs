@@ -330,6 +330,123 @@ fn compose_drives_a_connected_engine() {
 }
 
 #[test]
+fn built_services_selection_restarts_and_orphans() {
+    let guard = Cleanup::new();
+    let name = guard.project(&images::unique("scbld"));
+    let web = images::web();
+    let file = |with_other: bool| {
+        format!(
+            "services:\n  app:\n    build: ./app\n    depends_on:\n      - db\n  db:\n    image: {web}\n{}",
+            if with_other {
+                format!("  other:\n    image: {web}\n")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let p = project(&file(true));
+    p.write("app/Dockerfile", &format!("FROM {web}\nLABEL step=1\n"));
+    let up = |opts: &str| {
+        format!(
+            "local r = require('stagecraft/compose').up{{project = '{name}', quiet = true{opts}}}\n\
+             local names = {{}}\n\
+             for svc, s in r.services do table.insert(names, svc .. '=' .. s.action) end\n\
+             table.sort(names)\n\
+             print(table.concat(names, ' '))\n"
+        )
+    };
+    // Only `app` and what it depends on; its image is built because it is missing.
+    let out = p.script(&up(", services = {'app'}"), &[]).ok();
+    assert_eq!(out.stdout, "app=created db=created\n");
+    assert!(
+        out.stderr.contains(&format!("building app ({name}-app)")),
+        "{}",
+        out.stderr
+    );
+    let image = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &format!("{name}-app-1"),
+    ]);
+    assert_eq!(image, format!("{name}-app"));
+    // Rebuilding through the cache changes nothing; a changed Dockerfile recreates app.
+    p.script(&up(", build = true"), &[])
+        .ok()
+        .stdout_is("app=unchanged db=unchanged other=created\n");
+    p.write("app/Dockerfile", &format!("FROM {web}\nLABEL step=2\n"));
+    p.script(&up(", build = true"), &[])
+        .ok()
+        .stdout_is("app=recreated db=unchanged other=unchanged\n");
+    // A stopped container is started again.
+    docker_ok(&["stop", &format!("{name}-db-1")]);
+    p.script(&up(""), &[])
+        .ok()
+        .stdout_is("app=unchanged db=started other=unchanged\n");
+    // A service dropped from the file: warned about, then removed on request.
+    p.write("docker-compose.yml", &file(false));
+    p.script(&up(""), &[])
+        .ok()
+        .stderr_has("found containers of service other")
+        .stdout_is("app=unchanged db=unchanged\n");
+    assert!(project_containers(&name).contains(&format!("{name}-other-1")));
+    p.script(&up(", remove_orphans = true"), &[]).ok();
+    assert!(!project_containers(&name).contains(&format!("{name}-other-1")));
+    docker_ok(&["rmi", "-f", &format!("{name}-app")]);
+}
+
+#[test]
+fn rollout_refuses_what_cannot_run_twice_and_takes_an_image() {
+    let guard = Cleanup::new();
+    let name = guard.project(&images::unique("scrref"));
+    let web = images::web();
+    let tag = format!("{name}-next:1");
+    docker_ok(&["tag", web, &tag]);
+    let p = project(&format!(
+        "services:\n  named:\n    image: {web}\n    container_name: {name}-fixed\n  \
+         published:\n    image: {web}\n    ports:\n      - \"127.0.0.1:18080:8080\"\n  \
+         web:\n    image: {web}\n"
+    ));
+    let roll = |svc: &str, extra: &str| {
+        format!(
+            "require('stagecraft/compose').rollout{{project = '{name}', service = '{svc}'{extra}}}"
+        )
+    };
+    p.script(&roll("named", ""), &[])
+        .code(1)
+        .stderr_has("named sets container_name, so old and new replicas cannot run side by side");
+    p.script(&roll("published", ""), &[])
+        .code(1)
+        .stderr_has("publishes host port 18080, which old and new replicas cannot share");
+    p.script(&roll("nope", ""), &[])
+        .code(1)
+        .stderr_has("no service 'nope'");
+    // From nothing, a rollout starts the service; `image` overrides the file's.
+    p.script(&roll("web", &format!(", image = '{tag}'")), &[])
+        .ok()
+        .stdout_has(&format!("web rolled out to {tag} (1 new, 0 replaced)"));
+    let image = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &format!("{name}-web-1"),
+    ]);
+    assert_eq!(image, tag);
+    // `up` with the same image override in the file would see the same configuration hash;
+    // without it, the file's image is different, so `up` recreates.
+    p.script(
+        &format!(
+            "local r = require('stagecraft/compose').up{{project = '{name}', services = {{'web'}}, quiet = true}}\n\
+             print(r.services.web.action)"
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is("recreated\n");
+    docker_ok(&["rmi", "-f", &tag]);
+}
+
+#[test]
 fn invalid_files_are_refused_with_file_line_and_column_before_any_engine_call() {
     let cases: &[(&str, &str)] = &[
         (
