@@ -1069,12 +1069,12 @@ fn networks_and_volumes_create_list_share_and_refuse_removal_in_use() {
 
     let e = run_ok(&p, &script(&c, &vars, NETVOL_REMOVE));
     assert_eq!(strings(e.get("b_nets")), [net.as_str()]);
-    // Docker 20.10 answers 403 for a network with endpoints; the message is the engine's.
+    // Docker 20.10 answers 403 for a network with endpoints: a conflict, in the engine's words.
     e.error_is(
         "net_in_use",
-        "engine_error",
+        "conflict",
         &format!(
-            "docker.networks.remove: the engine answered 403: error while removing network: network {net} id {net_id} has active endpoints"
+            "docker.networks.remove: error while removing network: network {net} id {net_id} has active endpoints"
         ),
     );
     let vol_in_use = e.caught("vol_in_use");

@@ -181,12 +181,37 @@ pub struct RunOpts {
     pull: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum PortSpec {
     Short(String),
     Number(u16),
     Long(PortLong),
+}
+
+/// A string-or-table option whose table form is strict: a typo in the table gets the
+/// "did you mean" error of that table, not serde's "did not match any variant".
+fn strict_table<'de, D, T>(v: serde_json::Value) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(PortSpec::Short(s)),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .map(PortSpec::Number)
+                .ok_or_else(|| serde::de::Error::custom(format!("port {n} is not a port number"))),
+            v @ serde_json::Value::Object(_) => strict_table::<D, _>(v).map(PortSpec::Long),
+            other => Err(serde::de::Error::custom(format!(
+                "a port is a string like \"8081:8080\" or a table {{target=, published=}}, not {other}"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -198,11 +223,21 @@ struct PortLong {
     protocol: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum MountSpec {
     Short(String),
     Long(MountLong),
+}
+
+impl<'de> Deserialize<'de> for MountSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(MountSpec::Short(s)),
+            v @ serde_json::Value::Object(_) => strict_table::<D, _>(v).map(MountSpec::Long),
+            other => Err(serde::de::Error::custom(format!(
+                "a volume is a string like \"data:/data\" or a table {{type=, source=, target=}}, not {other}"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -230,11 +265,21 @@ struct NetOpts {
     aliases: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum HealthSpec {
     Off(bool),
     On(Health),
+}
+
+impl<'de> Deserialize<'de> for HealthSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(b) => Ok(HealthSpec::Off(b)),
+            v @ serde_json::Value::Object(_) => strict_table::<D, _>(v).map(HealthSpec::On),
+            other => Err(serde::de::Error::custom(format!(
+                "healthcheck is a table {{test=, interval=, ...}} or false, not {other}"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

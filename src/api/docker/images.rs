@@ -532,9 +532,11 @@ pub async fn pull(
     while let Some(item) = s.next().await {
         let info = item.map_err(|err| {
             let mut e = e.fail(F, None, err);
-            e.hint = Some(format!(
-                "{image} could not be pulled; build it with docker.build or bring it with docker.images.load"
-            ));
+            e.hint = Some(if e.message.contains("unauthorized") || e.message.contains("authentication") {
+                "check the registry address and the credentials given in auth".to_string()
+            } else {
+                format!("{image} could not be pulled; build it with docker.build or bring it with docker.images.load")
+            });
             e
         })?;
         if let Some(m) = info.error_detail.and_then(|d| d.message) {

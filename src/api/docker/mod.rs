@@ -122,7 +122,8 @@ impl Engine {
                         ),
                         None => OpError::new(kinds::NOT_FOUND, format!("{func}: {message}")),
                     },
-                    409 => OpError::new(errkinds::CONFLICT, format!("{func}: {message}")),
+                    // 403: refused because it is in use (a network with endpoints, say).
+                    409 | 403 => OpError::new(errkinds::CONFLICT, format!("{func}: {message}")),
                     400 => OpError::new(kinds::INVALID, format!("{func}: {message}")),
                     _ => OpError::new(
                         errkinds::ENGINE,
