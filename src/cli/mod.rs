@@ -221,7 +221,16 @@ fn modules(json: bool) -> Result<i32, Error> {
                 l.strip_prefix(prefix.as_str()).unwrap_or(l).to_string()
             })
             .unwrap_or_default();
-        rows.push((format!("stagecraft/{stem}"), "stable", about));
+        // A `-- stability: experimental` line marks a Luau module that is not stable yet.
+        let experimental = f
+            .contents_utf8()
+            .is_some_and(|t| t.lines().any(|l| l.trim() == "-- stability: experimental"));
+        let stability = if experimental {
+            "experimental"
+        } else {
+            "stable"
+        };
+        rows.push((format!("stagecraft/{stem}"), stability, about));
     }
     if json {
         let v: Vec<_> = rows
@@ -230,8 +239,9 @@ fn modules(json: bool) -> Result<i32, Error> {
             .collect();
         print_json(&v);
     } else {
+        let width = rows.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
         for (n, s, a) in rows {
-            println!("{n:<20} {s:<13} {a}");
+            println!("{n:<width$} {s:<13} {a}");
         }
     }
     Ok(exit::OK)
