@@ -878,7 +878,7 @@ fn exec_returns_code_and_output_with_env_secret_workdir_user_and_timeout() {
     e.error_is(
         "empty",
         "invalid_argument",
-        "docker.container.exec: argv must be a list of strings, e.g. {\"cat\", \"/etc/hostname\"}",
+        "docker.container.exec: argv is empty",
     );
     e.error_is(
         "not_list",

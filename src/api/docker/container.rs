@@ -908,7 +908,12 @@ impl UserData for Container {
                 const F: &str = "docker.container.exec";
                 let argv_json = to_json(&argv, ToJson::default())
                     .map_err(|e| OpError::invalid(format!("{F}: argv: {e}")).into_lua())?;
-                let argv_list: Vec<String> = from_json(F, argv_json.clone()).map_err(|_| {
+                // An empty table arrives as an empty object.
+                let as_list = match &argv_json {
+                    serde_json::Value::Object(m) if m.is_empty() => json!([]),
+                    other => other.clone(),
+                };
+                let argv_list: Vec<String> = from_json(F, as_list).map_err(|_| {
                     OpError::invalid(format!(
                         "{F}: argv must be a list of strings, e.g. {{\"cat\", \"/etc/hostname\"}}"
                     ))
