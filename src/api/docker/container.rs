@@ -13,7 +13,7 @@ use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Va
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Engine, OneOrMany, call, errkinds, filter_map, nanos, opts_json, to_value};
+use super::{Engine, OneOrMany, call, engine_fn, errkinds, filter_map, nanos, opts_json, to_value};
 use crate::api::{from_json, opts, seq};
 use crate::runtime::RunCtx;
 use crate::runtime::fault::{OpError, kinds};
@@ -73,66 +73,46 @@ fn handle(eng: &Arc<Engine>, v: &serde_json::Value) -> mlua::Result<Container> {
 }
 
 pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
-    let e = eng.clone();
-    t.set(
-        "run",
-        lua.create_async_function(move |lua, o: Value| {
-            let e = e.clone();
-            async move { run(lua, e, o).await }
-        })?,
-    )?;
+    t.set("run", engine_fn(lua, eng, run)?)?;
     let containers = lua.create_table()?;
-    let e = eng.clone();
     containers.set(
         "get",
-        lua.create_async_function(move |lua, name: String| {
-            let e = e.clone();
-            async move {
-                const F: &str = "docker.containers.get";
-                let v = call(
-                    &lua,
-                    &e,
-                    F,
-                    json!({ "container": name }),
-                    |_, d, e| async move {
-                        let r = d
-                            .inspect_container(&name, None::<q::InspectContainerOptions>)
-                            .await
-                            .map_err(|err| e.fail(F, None, err))?;
-                        Ok(json!({
-                            "id": r.id,
-                            "name": r.name.unwrap_or_default().trim_start_matches('/'),
-                        }))
-                    },
-                )
-                .await?;
-                handle(&e, &v)
-            }
+        engine_fn(lua, eng, |lua, e, name: String| async move {
+            const F: &str = "docker.containers.get";
+            let args = json!({ "container": name });
+            let v = call(&lua, &e, F, args, |_, d, e| async move {
+                let r = d
+                    .inspect_container(&name, None::<q::InspectContainerOptions>)
+                    .await
+                    .map_err(|err| e.fail(F, None, err))?;
+                Ok(json!({
+                    "id": r.id,
+                    "name": r.name.unwrap_or_default().trim_start_matches('/'),
+                }))
+            })
+            .await?;
+            handle(&e, &v)
         })?,
     )?;
-    let e = eng.clone();
     containers.set(
         "list",
-        lua.create_async_function(move |lua, o: Option<Value>| {
-            let e = e.clone();
-            async move {
-                const F: &str = "docker.containers.list";
-                let args = opts_json(F, &o)?;
-                let o: ListOpts = opts(F, o)?;
-                let v = call(&lua, &e, F, args, |_, d, e| async move {
-                    let r = d
-                        .list_containers(Some(q::ListContainersOptions {
-                            all: o.all,
-                            filters: filter_map(o.filters),
-                            ..Default::default()
-                        }))
-                        .await
-                        .map_err(|err| e.fail(F, None, err))?;
-                    to_value(F, &r)
-                })
-                .await?;
-                to_lua(&lua, &v)
-            }
+        engine_fn(lua, eng, |lua, e, o: Option<Value>| async move {
+            const F: &str = "docker.containers.list";
+            let args = opts_json(F, &o)?;
+            let o: ListOpts = opts(F, o)?;
+            let v = call(&lua, &e, F, args, |_, d, e| async move {
+                let r = d
+                    .list_containers(Some(q::ListContainersOptions {
+                        all: o.all,
+                        filters: filter_map(o.filters),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(|err| e.fail(F, None, err))?;
+                to_value(F, &r)
+            })
+            .await?;
+            to_lua(&lua, &v)
         })?,
     )?;
     t.set("containers", containers)?;

@@ -14,7 +14,9 @@ use mlua::{Lua, Table, Value};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Engine, OneOrMany, call, context, filter_map, opts_json, progress, to_value};
+use super::{
+    Engine, OneOrMany, call, context, engine_fn, filter_map, opts_json, progress, to_value,
+};
 use crate::api::{from_json, opts};
 use crate::runtime::RunCtx;
 use crate::runtime::caps::Request;
@@ -23,70 +25,58 @@ use crate::runtime::value::to_lua;
 
 pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
     let images = lua.create_table()?;
-    let e = eng.clone();
-    let build_fn = lua.create_async_function(move |lua, o: Option<Value>| {
-        let e = e.clone();
-        async move { build(lua, e, o).await }
-    })?;
+    let build_fn = engine_fn(lua, eng, build)?;
     images.set("build", build_fn.clone())?;
     t.set("build", build_fn)?;
 
-    let e = eng.clone();
     images.set(
         "inspect",
-        lua.create_async_function(move |lua, name: String| {
-            let e = e.clone();
-            async move {
-                let v = call(
-                    &lua,
-                    &e,
-                    "docker.images.inspect",
-                    json!({ "image": name }),
-                    |_, d, e| async move {
-                        let r = d
-                            .inspect_image(&name)
-                            .await
-                            .map_err(|err| e.fail("docker.images.inspect", None, err))?;
-                        to_value("docker.images.inspect", &r)
-                    },
-                )
-                .await?;
-                to_lua(&lua, &v)
-            }
+        engine_fn(lua, eng, |lua, e, name: String| async move {
+            let v = call(
+                &lua,
+                &e,
+                "docker.images.inspect",
+                json!({ "image": name }),
+                |_, d, e| async move {
+                    let r = d
+                        .inspect_image(&name)
+                        .await
+                        .map_err(|err| e.fail("docker.images.inspect", None, err))?;
+                    to_value("docker.images.inspect", &r)
+                },
+            )
+            .await?;
+            to_lua(&lua, &v)
         })?,
     )?;
 
-    let e = eng.clone();
     images.set(
         "list",
-        lua.create_async_function(move |lua, o: Option<Value>| {
-            let e = e.clone();
-            async move {
-                let args = opts_json("docker.images.list", &o)?;
-                let o: ListOpts = opts("docker.images.list", o)?;
-                let v = call(&lua, &e, "docker.images.list", args, |_, d, e| async move {
-                    let r = d
-                        .list_images(Some(q::ListImagesOptions {
-                            all: o.all,
-                            filters: filter_map(o.filters),
-                            ..Default::default()
-                        }))
-                        .await
-                        .map_err(|err| e.fail("docker.images.list", None, err))?;
-                    to_value("docker.images.list", &r)
-                })
-                .await?;
-                to_lua(&lua, &v)
-            }
+        engine_fn(lua, eng, |lua, e, o: Option<Value>| async move {
+            let args = opts_json("docker.images.list", &o)?;
+            let o: ListOpts = opts("docker.images.list", o)?;
+            let v = call(&lua, &e, "docker.images.list", args, |_, d, e| async move {
+                let r = d
+                    .list_images(Some(q::ListImagesOptions {
+                        all: o.all,
+                        filters: filter_map(o.filters),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(|err| e.fail("docker.images.list", None, err))?;
+                to_value("docker.images.list", &r)
+            })
+            .await?;
+            to_lua(&lua, &v)
         })?,
     )?;
 
-    let e = eng.clone();
     images.set(
         "remove",
-        lua.create_async_function(move |lua, (name, o): (String, Option<Value>)| {
-            let e = e.clone();
-            async move {
+        engine_fn(
+            lua,
+            eng,
+            |lua, e, (name, o): (String, Option<Value>)| async move {
                 let args = json!({ "image": name, "opts": opts_json("docker.images.remove", &o)? });
                 let o: RemoveOpts = opts("docker.images.remove", o)?;
                 let v = call(
@@ -112,16 +102,16 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
                 )
                 .await?;
                 to_lua(&lua, &v)
-            }
-        })?,
+            },
+        )?,
     )?;
 
-    let e = eng.clone();
     images.set(
         "tag",
-        lua.create_async_function(move |lua, (source, target): (String, String)| {
-            let e = e.clone();
-            async move {
+        engine_fn(
+            lua,
+            eng,
+            |lua, e, (source, target): (String, String)| async move {
                 let (repo, tag) = split_ref(&target);
                 let (repo, tag) = (repo.to_string(), tag.to_string());
                 if repo.is_empty() {
@@ -145,19 +135,17 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
                 })
                 .await?;
                 to_lua(&lua, &v)
-            }
-        })?,
+            },
+        )?,
     )?;
 
     for (name, op) in [
         ("pull", "docker.images.pull"),
         ("push", "docker.images.push"),
     ] {
-        let e = eng.clone();
         images.set(
             name,
-            lua.create_async_function(move |lua, (image, o): (String, Option<Value>)| {
-                let e = e.clone();
+            engine_fn(lua, eng, move |lua, e, (image, o): (String, Option<Value>)| {
                 async move {
                     // Validated before anything is recorded: a password given as a plain
                     // string must not reach the ledger.
@@ -189,12 +177,12 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
         )?;
     }
 
-    let e = eng.clone();
     images.set(
         "save",
-        lua.create_async_function(move |lua, (refs, path): (Value, String)| {
-            let e = e.clone();
-            async move {
+        engine_fn(
+            lua,
+            eng,
+            |lua, e, (refs, path): (Value, String)| async move {
                 let refs_json = opts_json("docker.images.save", &Some(refs))?;
                 let refs: Vec<String> = match refs_json {
                     serde_json::Value::String(s) => vec![s],
@@ -213,27 +201,23 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
                 )
                 .await?;
                 to_lua(&lua, &v)
-            }
-        })?,
+            },
+        )?,
     )?;
 
-    let e = eng.clone();
     images.set(
         "load",
-        lua.create_async_function(move |lua, path: String| {
-            let e = e.clone();
-            async move {
-                let args = json!({ "path": path });
-                let v = call(
-                    &lua,
-                    &e,
-                    "docker.images.load",
-                    args,
-                    |ctx, d, e| async move { load(&ctx, &e, &d, &path).await },
-                )
-                .await?;
-                to_lua(&lua, &v)
-            }
+        engine_fn(lua, eng, |lua, e, path: String| async move {
+            let args = json!({ "path": path });
+            let v = call(
+                &lua,
+                &e,
+                "docker.images.load",
+                args,
+                |ctx, d, e| async move { load(&ctx, &e, &d, &path).await },
+            )
+            .await?;
+            to_lua(&lua, &v)
         })?,
     )?;
 

@@ -207,6 +207,18 @@ pub fn engine_table(lua: &Lua, eng: Arc<Engine>) -> mlua::Result<Table> {
     Ok(t)
 }
 
+/// An async Lua function bound to an engine: `f(lua, engine, args)`.
+pub fn engine_fn<A, R, F, Fut>(lua: &Lua, eng: &Arc<Engine>, f: F) -> mlua::Result<mlua::Function>
+where
+    A: mlua::FromLuaMulti + 'static,
+    R: mlua::IntoLuaMulti + 'static,
+    F: Fn(Lua, Arc<Engine>, A) -> Fut + Send + 'static,
+    Fut: Future<Output = mlua::Result<R>> + Send + 'static,
+{
+    let eng = eng.clone();
+    lua.create_async_function(move |lua, args: A| f(lua, eng.clone(), args))
+}
+
 /// Parse script options into JSON (secret handles as references) for the ledger.
 pub fn opts_json(func: &str, v: &Option<Value>) -> mlua::Result<serde_json::Value> {
     match v {
