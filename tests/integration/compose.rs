@@ -306,12 +306,14 @@ fn compose_drives_a_connected_engine() {
             "local docker = require('stagecraft/docker')\n\
              local engine = docker.connect{{host = '{host}'}}\n\
              local r = require('stagecraft/compose').up{{project = '{name}', engine = engine, quiet = true}}\n\
-             print(r.services.web.action, engine.address)\n"
+             print(r.services.web.action, engine.address)\n\
+             local listed = engine.containers{{filters = {{label = {{'com.docker.compose.project={name}'}}}}}}\n\
+             print(#listed, listed[1].Names[1])\n"
         ),
         &[],
     )
     .ok()
-    .stdout_is(&format!("created\t{host}\n"));
+    .stdout_is(&format!("created\t{host}\n1\t/{name}-web-1\n"));
     assert!(
         connections.load(Ordering::Relaxed) >= 1,
         "the engine was reached through the socket"

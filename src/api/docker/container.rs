@@ -115,6 +115,17 @@ pub fn register(lua: &Lua, t: &Table, eng: &Arc<Engine>) -> mlua::Result<()> {
             to_lua(&lua, &v)
         })?,
     )?;
+    // `docker.containers{filters = ...}` is `docker.containers.list{...}`.
+    let list: mlua::Function = containers.get("list")?;
+    let meta = lua.create_table()?;
+    meta.set(
+        "__call",
+        lua.create_async_function(move |_, (_, o): (Value, Option<Value>)| {
+            let list = list.clone();
+            async move { list.call_async::<Value>(o).await }
+        })?,
+    )?;
+    containers.set_metatable(Some(meta))?;
     t.set("containers", containers)?;
     Ok(())
 }
