@@ -199,7 +199,7 @@ fn up_is_idempotent_visible_to_docker_compose_and_down_removes_everything() {
 fn a_retagged_image_recreates_the_services_that_run_it() {
     let guard = Cleanup::new();
     let name = guard.project(&images::unique("sctag"));
-    let tag = format!("{name}-img:1");
+    let tag = guard.image(&format!("{name}-img:1"));
     docker_ok(&["tag", images::web(), &tag]);
     let p = project(&format!(
         "services:\n  a:\n    image: {tag}\n  b:\n    image: {web}\n",
@@ -227,7 +227,6 @@ fn a_retagged_image_recreates_the_services_that_run_it() {
     let image = docker_ok(&["inspect", "-f", "{{.Image}}", &format!("{name}-a-1")]);
     let want = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
     assert_eq!(image, want);
-    docker_ok(&["rmi", "-f", &tag]);
 }
 
 #[test]
@@ -335,6 +334,7 @@ fn compose_drives_a_connected_engine() {
 fn built_services_selection_restarts_and_orphans() {
     let guard = Cleanup::new();
     let name = guard.project(&images::unique("scbld"));
+    guard.image(&format!("{name}-app"));
     let web = images::web();
     let file = |with_other: bool| {
         format!(
@@ -394,7 +394,6 @@ fn built_services_selection_restarts_and_orphans() {
     assert!(project_containers(&name).contains(&format!("{name}-other-1")));
     p.script(&up(", remove_orphans = true"), &[]).ok();
     assert!(!project_containers(&name).contains(&format!("{name}-other-1")));
-    docker_ok(&["rmi", "-f", &format!("{name}-app")]);
 }
 
 #[test]
@@ -402,7 +401,7 @@ fn rollout_refuses_what_cannot_run_twice_and_takes_an_image() {
     let guard = Cleanup::new();
     let name = guard.project(&images::unique("scrref"));
     let web = images::web();
-    let tag = format!("{name}-next:1");
+    let tag = guard.image(&format!("{name}-next:1"));
     docker_ok(&["tag", web, &tag]);
     let p = project(&format!(
         "services:\n  named:\n    image: {web}\n    container_name: {name}-fixed\n  \
@@ -445,7 +444,6 @@ fn rollout_refuses_what_cannot_run_twice_and_takes_an_image() {
     )
     .ok()
     .stdout_is("recreated\n");
-    docker_ok(&["rmi", "-f", &tag]);
 }
 
 #[test]

@@ -139,6 +139,7 @@ struct Registered {
     networks: Vec<String>,
     volumes: Vec<String>,
     projects: Vec<String>,
+    images: Vec<String>,
 }
 
 impl Default for Cleanup {
@@ -191,6 +192,11 @@ impl Cleanup {
     /// Remove the volume `name` on drop; returns `name`.
     pub fn volume(&self, name: &str) -> String {
         self.register(|r| &mut r.volumes, name)
+    }
+
+    /// Remove the image tag `tag` on drop (after the containers); returns `tag`.
+    pub fn image(&self, tag: &str) -> String {
+        self.register(|r| &mut r.images, tag)
     }
 
     /// Remove everything labelled `com.docker.compose.project=<name>` on drop; returns `name`.
@@ -246,6 +252,7 @@ impl Drop for Cleanup {
         remove(&["rm", "-f", "-v"], &ids("container", &r.containers));
         remove(&["network", "rm"], &ids("network", &r.networks));
         remove(&["volume", "rm", "-f"], &volume_ids(&r.volumes));
+        remove(&["image", "rm", "-f"], &r.images);
     }
 }
 
