@@ -20,6 +20,22 @@ pub struct Config {
     /// Capabilities granted to every script of the project, e.g. `exec:git`, `fs-write`.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// How `stagecraft/tailscale` runs the `tailscale` CLI.
+    #[serde(default)]
+    pub tailscale: TailscaleConfig,
+}
+
+/// `tailscale:` in `stagecraft.yml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailscaleConfig {
+    /// The `tailscale` program: a path (relative to the project root) or a name looked up on
+    /// PATH. Default `tailscale` on PATH.
+    #[serde(default)]
+    pub cli: Option<String>,
+    /// Names of environment variables passed to the CLI besides PATH, HOME and LANG.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 #[derive(Debug)]

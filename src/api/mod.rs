@@ -10,6 +10,7 @@ pub mod json;
 pub mod ledger;
 pub mod log;
 pub mod secrets;
+pub mod tailscale;
 pub mod task;
 pub mod yaml;
 
@@ -96,6 +97,12 @@ pub static MODULES: &[Module] = &[
         register: docker::register,
         stability: Stability::Experimental,
         about: "Docker Engine API: images, containers, networks, volumes (capability docker)",
+    },
+    Module {
+        name: "tailscale",
+        register: tailscale::register,
+        stability: Stability::Experimental,
+        about: "tailnet status, node IPs, up/down through the tailscale CLI (capability tailscale)",
     },
     Module {
         name: "compose_file",

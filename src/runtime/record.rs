@@ -678,5 +678,6 @@ fn changes_the_world(op: &str) -> bool {
     matches!(
         op,
         "exec.run" | "fs.write" | "fs.mkdir" | "fs.remove" | "http.get" | "http.post"
-    ) || crate::api::docker::changes_the_world(op)
+    ) || matches!(op, "tailscale.up" | "tailscale.down")
+        || crate::api::docker::changes_the_world(op)
 }

@@ -14,3 +14,5 @@ mod modules;
 mod replay;
 mod secrets;
 mod specs;
+mod sshd;
+mod tailscale;
