@@ -10,6 +10,7 @@ pub mod json;
 pub mod ledger;
 pub mod log;
 pub mod secrets;
+pub mod ssh;
 pub mod tailscale;
 pub mod task;
 pub mod yaml;
@@ -115,6 +116,12 @@ pub static MODULES: &[Module] = &[
         register: errors::register,
         stability: Stability::Stable,
         about: "structured errors (kind, message, hint) for Luau libraries",
+    },
+    Module {
+        name: "ssh",
+        register: ssh::register,
+        stability: Stability::Experimental,
+        about: "hosts over OpenSSH, one multiplexed master per host (capability ssh[:HOST])",
     },
     Module {
         name: "ledger",

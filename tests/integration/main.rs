@@ -14,5 +14,6 @@ mod modules;
 mod replay;
 mod secrets;
 mod specs;
+mod ssh;
 mod sshd;
 mod tailscale;

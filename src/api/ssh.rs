@@ -1,0 +1,885 @@
+//! `stagecraft/ssh` (capability `ssh` or `ssh:HOST`): hosts reached over OpenSSH with native
+//! multiplexing — one master connection per host for the whole run, reused by every command,
+//! upload and forward, and closed when the run ends.
+//!
+//! Connections are made lazily, on the first live call that needs one, so a replay makes none.
+//! Every command goes through one internal interface ([`Transport::execute`]), so a later
+//! long-lived per-host executor can replace the session-per-command path without touching callers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{from_json, opts};
+use crate::runtime::caps::Request;
+use crate::runtime::fault::{OpError, kinds};
+use crate::runtime::secrets::SecretHandle;
+use crate::runtime::value::{ToJson, to_json, to_lua};
+use crate::runtime::{RunCtx, ctx};
+
+/// Error kinds of SSH failures.
+pub mod errkinds {
+    pub const UNREACHABLE: &str = "unreachable";
+    pub const DNS: &str = "dns";
+    pub const AUTHENTICATION: &str = "authentication_failed";
+    pub const HOST_KEY: &str = "host_key_mismatch";
+    pub const COMMAND_FAILED: &str = "command_failed";
+    pub const DISCONNECTED: &str = "disconnected";
+}
+
+pub fn register(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("connect", lua.create_async_function(connect)?)?;
+    Ok(t)
+}
+
+/// How to reach a host, as given by the script (recorded in the ledger).
+#[derive(Deserialize, Clone, Debug, Default, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Target {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Private key file (absolute, or `~/...`).
+    pub key: Option<String>,
+    /// `user@host:port` of a jump host.
+    pub jump: Option<String>,
+    /// `strict` (default) or `accept-new`.
+    pub known_hosts: Option<String>,
+    /// A known_hosts file to use instead of the user's.
+    pub known_hosts_file: Option<String>,
+    /// Seconds (default 10).
+    pub connect_timeout: Option<f64>,
+    /// A display name (default: the host).
+    pub name: Option<String>,
+}
+
+impl Target {
+    /// `user@host:port`, `host:port`, `host`, `[v6]:port`.
+    fn parse(s: &str) -> Result<Target, String> {
+        let (user, rest) = match s.rsplit_once('@') {
+            Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+            Some(_) => return Err("empty user before '@'".into()),
+            None => (None, s),
+        };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unterminated '[' in the host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+                None if after.is_empty() => None,
+                None => return Err(format!("unexpected '{after}' after the host")),
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    Some(p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+                ),
+                None => (rest.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        Ok(Target {
+            host,
+            port,
+            user,
+            ..Target::default()
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty()
+            || self.host.starts_with('-')
+            || self.host.contains(char::is_whitespace)
+        {
+            return Err(format!("'{}' is not a host name or address", self.host));
+        }
+        if let Some(u) = &self.user
+            && (u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace))
+        {
+            return Err(format!("'{u}' is not a user name"));
+        }
+        if let Some(k) = &self.known_hosts
+            && !matches!(k.as_str(), "strict" | "accept-new")
+        {
+            return Err(format!(
+                "known_hosts must be \"strict\" or \"accept-new\" (got '{k}')"
+            ));
+        }
+        if let Some(t) = self.connect_timeout
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err("connect_timeout must be a positive number of seconds".into());
+        }
+        Ok(())
+    }
+
+    /// The key the pool uses: one master per distinct destination.
+    fn id(&self) -> String {
+        format!(
+            "{}@{}:{}",
+            self.user.as_deref().unwrap_or(""),
+            self.host,
+            self.port.unwrap_or(22)
+        )
+    }
+
+    fn display(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.host.clone())
+    }
+}
+
+/// The run's connections, one master per host.
+#[derive(Default)]
+pub struct Pool {
+    sessions: tokio::sync::Mutex<HashMap<String, Arc<openssh::Session>>>,
+    /// One lock per host, so concurrent first calls make one master.
+    connecting: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn pool(lua: &Lua) -> Arc<Pool> {
+    if let Some(p) = lua.app_data_ref::<Arc<Pool>>() {
+        return p.clone();
+    }
+    let p = Arc::new(Pool::default());
+    lua.set_app_data(p.clone());
+    p
+}
+
+fn home_path(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+impl Pool {
+    /// The master session for a target, connecting on first use.
+    async fn session(&self, t: &Target) -> Result<Arc<openssh::Session>, OpError> {
+        let id = t.id();
+        if let Some(s) = self.sessions.lock().await.get(&id) {
+            return Ok(s.clone());
+        }
+        let gate = {
+            let mut m = self
+                .connecting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.entry(id.clone()).or_default().clone()
+        };
+        let _held = gate.lock().await;
+        if let Some(s) = self.sessions.lock().await.get(&id) {
+            return Ok(s.clone());
+        }
+        let mut b = openssh::SessionBuilder::default();
+        if let Some(u) = &t.user {
+            b.user(u.clone());
+        }
+        if let Some(p) = t.port {
+            b.port(p);
+        }
+        if let Some(k) = &t.key {
+            b.keyfile(home_path(k));
+        }
+        if let Some(f) = &t.known_hosts_file {
+            b.user_known_hosts_file(home_path(f));
+        }
+        b.known_hosts_check(match t.known_hosts.as_deref() {
+            Some("accept-new") => openssh::KnownHosts::Add,
+            _ => openssh::KnownHosts::Strict,
+        });
+        b.connect_timeout(Duration::from_secs_f64(t.connect_timeout.unwrap_or(10.0)));
+        b.server_alive_interval(Duration::from_secs(15));
+        if let Some(j) = &t.jump {
+            b.jump_hosts([j.as_str()]);
+        }
+        // The user's ssh config may not change where or how we connect.
+        b.config_file("/dev/null");
+        let session = b
+            .connect_mux(&t.host)
+            .await
+            .map_err(|e| classify(&t.display(), &e, None))?;
+        let session = Arc::new(session);
+        self.sessions.lock().await.insert(id, session.clone());
+        Ok(session)
+    }
+}
+
+/// Turn an openssh error (and the ssh client's stderr, when there is one) into a kind.
+fn classify(host: &str, e: &openssh::Error, stderr: Option<&str>) -> OpError {
+    let mut text = crate::api::docker::error_chain(e);
+    if let Some(s) = stderr {
+        text.push_str(": ");
+        text.push_str(s.trim());
+    }
+    let (kind, hint) = if text.contains("Could not resolve hostname")
+        || text.contains("Name or service not known")
+        || text.contains("Temporary failure in name resolution")
+    {
+        (errkinds::DNS, "check the host name (or use its address)")
+    } else if text.contains("HOST IDENTIFICATION HAS CHANGED")
+        || text.contains("Host key verification failed")
+        || text.contains("host key for")
+    {
+        (
+            errkinds::HOST_KEY,
+            "the host's key is not the one in known_hosts: verify the host, then update known_hosts (or use known_hosts = \"accept-new\" for a new host)",
+        )
+    } else if text.contains("Permission denied")
+        || text.contains("Too many authentication failures")
+    {
+        (
+            errkinds::AUTHENTICATION,
+            "check the user and the key (the key's public half must be in the host's authorized_keys)",
+        )
+    } else if text.contains("timed out") {
+        (
+            kinds::TIMEOUT,
+            "is the host up, and the port right? raise connect_timeout for slow links",
+        )
+    } else if text.contains("Connection refused")
+        || text.contains("No route to host")
+        || text.contains("Network is unreachable")
+        || text.contains("Connection reset")
+    {
+        (
+            errkinds::UNREACHABLE,
+            "is sshd running on that host and port, and reachable from here?",
+        )
+    } else if matches!(
+        e,
+        openssh::Error::Disconnected | openssh::Error::RemoteProcessTerminated
+    ) {
+        (
+            errkinds::DISCONNECTED,
+            "the connection to the host was lost",
+        )
+    } else {
+        (
+            errkinds::UNREACHABLE,
+            "check that the host is reachable with ssh",
+        )
+    };
+    let text = text
+        .replace("failed to connect to the remote host: ", "")
+        .trim()
+        .to_string();
+    OpError::new(kind, format!("ssh {host}: {text}")).hint(hint)
+}
+
+/// A host handle: the target, by value (the connection lives in the run's pool).
+#[derive(Clone)]
+pub struct Host {
+    pub target: Target,
+}
+
+/// One command to run on a host: the one internal interface every caller goes through.
+struct CommandSpec {
+    /// argv (quoted for the remote shell), or a raw shell string.
+    argv: Vec<String>,
+    shell: Option<String>,
+    /// Exported before the command; passed on stdin, never on the remote command line.
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    stdin: Vec<u8>,
+    timeout: Option<Duration>,
+    stream: bool,
+    max_output: usize,
+}
+
+struct Output {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+}
+
+/// How commands reach a host.
+trait Transport {
+    async fn execute(&self, ctx: &RunCtx, spec: CommandSpec) -> Result<Output, OpError>;
+}
+
+struct MuxTransport {
+    host: Host,
+    session: Arc<openssh::Session>,
+}
+
+/// The wrapper run by the remote `sh`: read the environment from stdin, one `NAME=value` line
+/// each, until an empty line; change directory; exec the command with the rest of stdin.
+const PRELUDE: &str = r#"while IFS= read -r __sc_kv && [ -n "$__sc_kv" ]; do export "$__sc_kv"; done; unset __sc_kv; if [ -n "$1" ]; then cd -- "$1" || exit 127; fi; shift; "#;
+
+impl Transport for MuxTransport {
+    async fn execute(&self, ctx: &RunCtx, spec: CommandSpec) -> Result<Output, OpError> {
+        let name = self.host.target.display();
+        let mut script = PRELUDE.to_string();
+        let mut cmd = self.session.command("sh");
+        match &spec.shell {
+            Some(s) => {
+                script.push_str("exec sh -c \"$1\"");
+                cmd.arg("-c").arg(&script).arg("sh");
+                cmd.arg(spec.cwd.as_deref().unwrap_or(""));
+                cmd.arg(s);
+            }
+            None => {
+                script.push_str("exec \"$@\"");
+                cmd.arg("-c").arg(&script).arg("sh");
+                cmd.arg(spec.cwd.as_deref().unwrap_or(""));
+                cmd.args(&spec.argv);
+            }
+        }
+        cmd.stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let run = async {
+            let mut child = cmd.spawn().await.map_err(|e| classify(&name, &e, None))?;
+            let mut input = Vec::new();
+            for (k, v) in &spec.env {
+                input.extend_from_slice(format!("{k}={v}\n").as_bytes());
+            }
+            input.push(b'\n');
+            input.extend_from_slice(&spec.stdin);
+            let mut stdin = child.stdin().take();
+            let feed = async move {
+                if let Some(s) = stdin.as_mut() {
+                    let _ = s.write_all(&input).await;
+                    let _ = s.shutdown().await;
+                }
+                drop(stdin);
+            };
+            let out = child.stdout().take();
+            let err = child.stderr().take();
+            let prefix = format!("{name} | ");
+            let keep = spec.max_output;
+            let stream = spec.stream;
+            let (_, (stdout, out_cut), (stderr, err_cut)) = tokio::join!(
+                feed,
+                read_all(ctx, out, stream.then_some(&prefix), keep),
+                read_all(ctx, err, stream.then_some(&prefix), keep),
+            );
+            let status = child.wait().await;
+            let code = match status {
+                Ok(s) => s.code().unwrap_or(-1),
+                Err(openssh::Error::RemoteProcessTerminated) => {
+                    // Terminated by a signal, or the connection was cut: tell them apart.
+                    if self.session.check().await.is_err() {
+                        return Err(OpError::new(
+                            errkinds::DISCONNECTED,
+                            format!("ssh {name}: the connection was lost while the command ran"),
+                        )
+                        .hint("is the host (or its sshd) still up?"));
+                    }
+                    -1
+                }
+                Err(e) => return Err(classify(&name, &e, None)),
+            };
+            Ok(Output {
+                code,
+                stdout,
+                stderr,
+                truncated: out_cut || err_cut,
+            })
+        };
+        match spec.timeout {
+            Some(t) => tokio::time::timeout(t, run).await.map_err(|_| {
+                OpError::new(
+                    kinds::TIMEOUT,
+                    format!(
+                        "ssh {name}: the command timed out after {}s",
+                        t.as_secs_f64()
+                    ),
+                )
+                .hint("raise the timeout option")
+            })?,
+            None => run.await,
+        }
+    }
+}
+
+async fn read_all(
+    ctx: &RunCtx,
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    prefix: Option<&String>,
+    keep: usize,
+) -> (Vec<u8>, bool) {
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), false);
+    };
+    let mut all = Vec::new();
+    let mut cut = false;
+    let mut pending = String::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = keep.saturating_sub(all.len());
+                all.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+                if let Some(p) = prefix {
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    while let Some(i) = pending.find('\n') {
+                        let line: String = pending.drain(..=i).collect();
+                        ctx.emit(&format!("{p}{line}"), true);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = prefix
+        && !pending.is_empty()
+    {
+        ctx.emit(&format!("{p}{pending}\n"), true);
+    }
+    (all, cut)
+}
+
+const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+async fn connect(lua: Lua, target: Value) -> mlua::Result<Host> {
+    const F: &str = "ssh.connect";
+    let ctx = ctx(&lua)?;
+    let t = match &target {
+        Value::String(s) => Target::parse(&s.to_str()?).map_err(|e| {
+            OpError::invalid(format!("{F}: '{}': {e}", s.to_string_lossy()))
+                .hint("give user@host:port, or a table {host=, port=, user=, key=, ...}")
+                .into_lua()
+        })?,
+        Value::Table(_) => {
+            let j = to_json(&target, ToJson::default())
+                .map_err(|e| OpError::invalid(format!("{F}: {e}")).into_lua())?;
+            from_json::<Target>(F, j)?
+        }
+        _ => {
+            return Err(OpError::invalid(format!(
+                "{F}: expected \"user@host:port\" or a table {{host=, ...}}"
+            ))
+            .into_lua());
+        }
+    };
+    t.validate()
+        .map_err(|e| OpError::invalid(format!("{F}: {e}")).into_lua())?;
+    let args = serde_json::to_value(&t).unwrap_or_default();
+    let p = pool(&lua);
+    let t2 = t.clone();
+    ctx.record(F, json!({ "target": args }), || async {
+        ctx.require(F, &Request::Ssh(&t2.host), &format!("ssh:{}", t2.host))?;
+        p.session(&t2).await?;
+        Ok(json!({ "host": t2.display() }))
+    })
+    .await
+    .map_err(OpError::into_lua)?;
+    Ok(Host { target: t })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RunOpts {
+    env: BTreeMap<String, serde_json::Value>,
+    stdin: Option<String>,
+    /// Seconds.
+    timeout: Option<f64>,
+    cwd: Option<String>,
+    /// Print output on the terminal as it comes, prefixed with the host name.
+    stream: bool,
+    /// Raise `command_failed` when the exit code is not 0.
+    check: bool,
+    max_output: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct UploadOpts {
+    /// Octal string, e.g. "0644" (default "0644").
+    mode: Option<String>,
+}
+
+impl Host {
+    fn args(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut a = json!({ "host": self.target.id() });
+        if let (Some(obj), serde_json::Value::Object(x)) = (a.as_object_mut(), extra) {
+            obj.extend(x);
+        }
+        a
+    }
+
+    /// Run one recorded operation on this host: capability, connection, effect.
+    async fn op<F, Fut>(
+        &self,
+        lua: &Lua,
+        op: &'static str,
+        args: serde_json::Value,
+        effect: F,
+    ) -> mlua::Result<serde_json::Value>
+    where
+        F: FnOnce(Arc<RunCtx>, MuxTransport) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, OpError>>,
+    {
+        let ctx = ctx(lua)?;
+        let p = pool(lua);
+        let c2 = ctx.clone();
+        ctx.record(op, self.args(args), || async move {
+            c2.require(
+                op,
+                &Request::Ssh(&self.target.host),
+                &format!("ssh:{}", self.target.host),
+            )?;
+            let session = p.session(&self.target).await?;
+            effect(
+                c2.clone(),
+                MuxTransport {
+                    host: self.clone(),
+                    session,
+                },
+            )
+            .await
+        })
+        .await
+        .map_err(OpError::into_lua)
+    }
+}
+
+fn env_pairs(
+    ctx: &RunCtx,
+    func: &str,
+    env: &BTreeMap<String, serde_json::Value>,
+) -> Result<Vec<(String, String)>, OpError> {
+    let mut out = Vec::new();
+    for (k, v) in env {
+        if k.is_empty()
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || k.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(OpError::invalid(format!(
+                "{func}: env name '{k}' is not valid (letters, digits, _)"
+            )));
+        }
+        let value = super::docker::resolve_value(ctx, func, &format!("env.{k}"), v)?;
+        if value.contains('\n') {
+            return Err(OpError::invalid(format!(
+                "{func}: env.{k} contains a newline, which cannot be passed"
+            )));
+        }
+        out.push((k.clone(), value));
+    }
+    Ok(out)
+}
+
+fn check_env_shapes(func: &str, env: &BTreeMap<String, serde_json::Value>) -> mlua::Result<()> {
+    for (k, v) in env {
+        if !(v.is_string() || v.is_number() || v.is_boolean())
+            && SecretHandle::from_reference(v).is_none()
+        {
+            return Err(OpError::invalid(format!(
+                "{func}: env.{k} must be a string or a secret handle"
+            ))
+            .into_lua());
+        }
+    }
+    Ok(())
+}
+
+fn output_json(
+    func: &str,
+    host: &str,
+    o: Output,
+    check: bool,
+) -> Result<serde_json::Value, OpError> {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    if check && o.code != 0 {
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(OpError::new(
+            errkinds::COMMAND_FAILED,
+            format!("{func}: on {host} the command exited with code {}", o.code),
+        )
+        .hint(if tail.is_empty() {
+            "it printed nothing on stderr".to_string()
+        } else {
+            format!("its stderr ends with:\n{tail}")
+        }));
+    }
+    let mut r = json!({ "code": o.code, "stdout": stdout, "stderr": stderr });
+    if o.truncated {
+        r["truncated"] = json!(true);
+    }
+    Ok(r)
+}
+
+fn timeout_of(func: &str, t: Option<f64>) -> mlua::Result<Option<Duration>> {
+    match t {
+        None => Ok(None),
+        Some(t) if t > 0.0 && t.is_finite() => Ok(Some(Duration::from_secs_f64(t))),
+        Some(_) => Err(OpError::invalid(format!(
+            "{func}: timeout must be a positive number of seconds"
+        ))
+        .into_lua()),
+    }
+}
+
+impl UserData for Host {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("name", |_, h| Ok(h.target.display()));
+        fields.add_field_method_get("address", |_, h| Ok(h.target.host.clone()));
+        fields.add_field_method_get("port", |_, h| Ok(h.target.port.unwrap_or(22)));
+        fields.add_field_method_get("user", |_, h| Ok(h.target.user.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, h, ()| {
+            Ok(format!("host {}", h.target.display()))
+        });
+
+        methods.add_async_method("run", |lua, h, (argv, o): (Value, Option<Value>)| {
+            let h = (*h).clone();
+            async move {
+                const F: &str = "host:run";
+                let argv_json = to_json(&argv, ToJson::default())
+                    .map_err(|e| OpError::invalid(format!("{F}: argv: {e}")).into_lua())?;
+                let list = match &argv_json {
+                    serde_json::Value::Object(m) if m.is_empty() => json!([]),
+                    other => other.clone(),
+                };
+                let argv_list: Vec<String> = from_json(F, list).map_err(|_| {
+                    OpError::invalid(format!(
+                        "{F}: argv must be a list of strings, e.g. {{\"uname\", \"-a\"}}"
+                    ))
+                    .hint("for a shell command line, use host:shell(\"...\")")
+                    .into_lua()
+                })?;
+                if argv_list.is_empty() || argv_list[0].is_empty() {
+                    return Err(OpError::invalid(format!("{F}: argv is empty")).into_lua());
+                }
+                let opts_json = super::docker::opts_json(F, &o)?;
+                let o: RunOpts = opts(F, o)?;
+                check_env_shapes(F, &o.env)?;
+                let timeout = timeout_of(F, o.timeout)?;
+                let args = json!({ "argv": argv_json, "opts": opts_json });
+                let v = h
+                    .op(&lua, "ssh.run", args, |ctx, tr| async move {
+                        let spec = CommandSpec {
+                            argv: argv_list,
+                            shell: None,
+                            env: env_pairs(&ctx, F, &o.env)?,
+                            cwd: o.cwd.clone(),
+                            stdin: o.stdin.clone().unwrap_or_default().into_bytes(),
+                            timeout,
+                            stream: o.stream,
+                            max_output: o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+                        };
+                        let name = tr.host.target.display();
+                        let out = tr.execute(&ctx, spec).await?;
+                        output_json(F, &name, out, o.check)
+                    })
+                    .await?;
+                to_lua(&lua, &v)
+            }
+        });
+
+        methods.add_async_method("shell", |lua, h, (script, o): (String, Option<Value>)| {
+            let h = (*h).clone();
+            async move {
+                const F: &str = "host:shell";
+                let opts_json = super::docker::opts_json(F, &o)?;
+                let o: RunOpts = opts(F, o)?;
+                check_env_shapes(F, &o.env)?;
+                let timeout = timeout_of(F, o.timeout)?;
+                let args = json!({ "script": script, "opts": opts_json });
+                let v = h
+                    .op(&lua, "ssh.shell", args, |ctx, tr| async move {
+                        let spec = CommandSpec {
+                            argv: vec![],
+                            shell: Some(script),
+                            env: env_pairs(&ctx, F, &o.env)?,
+                            cwd: o.cwd.clone(),
+                            stdin: o.stdin.clone().unwrap_or_default().into_bytes(),
+                            timeout,
+                            stream: o.stream,
+                            max_output: o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+                        };
+                        let name = tr.host.target.display();
+                        let out = tr.execute(&ctx, spec).await?;
+                        output_json(F, &name, out, o.check)
+                    })
+                    .await?;
+                to_lua(&lua, &v)
+            }
+        });
+
+        methods.add_async_method(
+            "upload",
+            |lua, h, (local, remote, o): (String, String, Option<Value>)| {
+                let h = (*h).clone();
+                async move {
+                    const F: &str = "host:upload";
+                    let opts_json = super::docker::opts_json(F, &o)?;
+                    let o: UploadOpts = opts(F, o)?;
+                    let mode = o.mode.clone().unwrap_or_else(|| "0644".into());
+                    if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
+                        return Err(OpError::invalid(format!(
+                            "{F}: mode must be an octal string like \"0644\" (got '{mode}')"
+                        ))
+                        .into_lua());
+                    }
+                    if remote.is_empty() {
+                        return Err(OpError::invalid(format!("{F}: empty remote path")).into_lua());
+                    }
+                    let ctx0 = ctx(&lua)?;
+                    let src = super::fs::confine(&ctx0, F, &local, super::fs::Access::Read)
+                        .map_err(OpError::into_lua)?;
+                    let data = std::fs::read(&src).map_err(|e| {
+                        OpError::new(
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                kinds::NOT_FOUND
+                            } else {
+                                kinds::IO
+                            },
+                            format!("{F}: {local}: {e}"),
+                        )
+                        .into_lua()
+                    })?;
+                    let digest = hex::encode(sha2::Sha256::digest(&data));
+                    let size = data.len();
+                    let args = json!({
+                        "local": local, "remote": remote, "opts": opts_json,
+                        "sha256": digest, "bytes": data.len(),
+                    });
+                    let v = h
+                        .op(&lua, "ssh.upload", args, |ctx, tr| async move {
+                            // Written beside the target and renamed: never half a file.
+                            let script = r#"umask 077; t="$1.stagecraft-$$"; cat > "$t" && chmod "$2" "$t" && mv -f "$t" "$1" || { rm -f "$t"; exit 1; }"#;
+                            let spec = CommandSpec {
+                                argv: vec![
+                                    "sh".into(),
+                                    "-c".into(),
+                                    script.into(),
+                                    "sh".into(),
+                                    remote.clone(),
+                                    mode.clone(),
+                                ],
+                                shell: None,
+                                env: vec![],
+                                cwd: None,
+                                stdin: data,
+                                timeout: None,
+                                stream: false,
+                                max_output: 64 * 1024,
+                            };
+                            let name = tr.host.target.display();
+                            let out = tr.execute(&ctx, spec).await?;
+                            if out.code != 0 {
+                                return Err(OpError::new(
+                                    errkinds::COMMAND_FAILED,
+                                    format!(
+                                        "{F}: writing {remote} on {name} failed: {}",
+                                        String::from_utf8_lossy(&out.stderr).trim()
+                                    ),
+                                ));
+                            }
+                            Ok(json!({ "remote": remote, "bytes": size, "sha256": digest }))
+                        })
+                        .await?;
+                    to_lua(&lua, &v)
+                }
+            },
+        );
+
+        methods.add_async_method("download", |lua, h, (remote, local): (String, String)| {
+            let h = (*h).clone();
+            async move {
+                const F: &str = "host:download";
+                let ctx0 = ctx(&lua)?;
+                ctx0.require(F, &Request::Plain("fs-write"), "fs-write")
+                    .map_err(OpError::into_lua)?;
+                let dest = super::fs::confine(&ctx0, F, &local, super::fs::Access::Write)
+                    .map_err(OpError::into_lua)?;
+                let args = json!({ "remote": remote, "local": local });
+                let v = h
+                    .op(&lua, "ssh.download", args, |ctx, tr| async move {
+                        let spec = CommandSpec {
+                            argv: vec!["cat".into(), "--".into(), remote.clone()],
+                            shell: None,
+                            env: vec![],
+                            cwd: None,
+                            stdin: vec![],
+                            timeout: None,
+                            stream: false,
+                            max_output: usize::MAX,
+                        };
+                        let name = tr.host.target.display();
+                        let out = tr.execute(&ctx, spec).await?;
+                        if out.code != 0 {
+                            return Err(OpError::new(
+                                if String::from_utf8_lossy(&out.stderr).contains("No such file") {
+                                    kinds::NOT_FOUND
+                                } else {
+                                    errkinds::COMMAND_FAILED
+                                },
+                                format!(
+                                    "{F}: reading {remote} on {name} failed: {}",
+                                    String::from_utf8_lossy(&out.stderr).trim()
+                                ),
+                            ));
+                        }
+                        let tmp = dest.with_extension("stagecraft-tmp");
+                        std::fs::write(&tmp, &out.stdout)
+                            .and_then(|_| std::fs::rename(&tmp, &dest))
+                            .map_err(|e| OpError::io(format!("{F}: {local}: {e}")))?;
+                        Ok(json!({
+                            "local": local,
+                            "bytes": out.stdout.len(),
+                            "sha256": hex::encode(sha2::Sha256::digest(&out.stdout)),
+                        }))
+                    })
+                    .await?;
+                to_lua(&lua, &v)
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_parse() {
+        let t = Target::parse("deploy@web-1.example.com:2222").unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), t.port),
+            (Some("deploy"), "web-1.example.com", Some(2222))
+        );
+        let t = Target::parse("10.0.0.5").unwrap();
+        assert_eq!((t.user, t.host.as_str(), t.port), (None, "10.0.0.5", None));
+        let t = Target::parse("root@[::1]:22").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", Some(22)));
+        assert!(Target::parse("web:http").is_err());
+        assert!(Target::parse("@web").is_err());
+        assert!(Target::parse("user@").is_err());
+        let mut t = Target::parse("-oProxyCommand=x").unwrap();
+        assert!(t.validate().is_err(), "an option is not a host");
+        t.host = "ok".into();
+        t.known_hosts = Some("yolo".into());
+        assert!(t.validate().is_err());
+    }
+}

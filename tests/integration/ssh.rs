@@ -1,0 +1,245 @@
+//! `stagecraft/ssh` against real `sshd` instances (see `sshd.rs`): commands, environment, stdin,
+//! exit codes, uploads and downloads, one multiplexed master per host, error kinds, replay.
+
+use crate::harness::Project;
+use crate::sshd::Sshd;
+
+/// A project granted `ssh` (and `fs-write` for downloads), and the Luau target table for `h`.
+fn setup(h: &Sshd) -> (Project, String) {
+    let p = Project::new().file(
+        "stagecraft.yml",
+        "name: ssh-test\npermissions:\n  - ssh\n  - fs-write\n",
+    );
+    let target = format!(
+        "{{host = '127.0.0.1', port = {}, user = '{}', key = '{}', known_hosts_file = '{}', name = 'web-1'}}",
+        h.port(),
+        h.user(),
+        h.key_path().display(),
+        h.known_hosts_path().display()
+    );
+    (p, target)
+}
+
+fn latest_run(p: &Project) -> String {
+    p.db()
+        .query_row(
+            "SELECT run_id FROM entries WHERE kind = 'run.start' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a recorded run")
+}
+
+/// Established connections to `port` in a `/proc/net/tcp` listing (server side).
+fn established_to(tcp: &str, port: u16) -> usize {
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+#[test]
+fn commands_env_stdin_codes_and_one_master_per_host() {
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    p.write(".env", "API_TOKEN=tok-8c1f0e9a77\n");
+    let out = p
+        .script(
+            &format!(
+                r#"
+local ssh = require("stagecraft/ssh")
+local secrets = require("stagecraft/secrets")
+local host = ssh.connect({target})
+print(tostring(host), host.name, host.port)
+local r = host:run({{"sh", "-c", "echo out; echo err >&2; exit 3"}})
+print(r.code, r.stdout, r.stderr)
+r = host:run({{"printf", "%s|", "a b", "$HOME", "'q'", ";ls"}})
+print(r.stdout)
+r = host:run({{"sh", "-c", 'echo "$GREETING-$TOKEN_LEN"'}}, {{env = {{GREETING = "hi there"}}}})
+print(r.stdout)
+r = host:run({{"sh", "-c", 'printf %s "$API_TOKEN" | wc -c; echo "$API_TOKEN"'}}, {{env = {{API_TOKEN = secrets.get("API_TOKEN")}}}})
+print(r.stdout)
+r = host:run({{"cat"}}, {{stdin = "line 1\nline 2\n"}})
+print(r.stdout)
+r = host:run({{"pwd"}}, {{cwd = "/tmp"}})
+print(r.stdout)
+r = host:shell("echo $((6 * 7)) | tr 4 x")
+print(r.stdout)
+local ok, err = pcall(function() return host:run({{"false"}}, {{check = true}}) end)
+print(err.kind, err.message)
+local tcp = host:run({{"cat", "/proc/net/tcp"}}).stdout
+for i = 1, 5 do host:run({{"true"}}) end
+local again = ssh.connect({target})
+again:run({{"true"}})
+print("TCP-BEGIN")
+print(host:run({{"cat", "/proc/net/tcp"}}).stdout)
+print("TCP-END")
+"#
+            ),
+            &["--allow", "secrets:API_TOKEN"],
+        )
+        .ok();
+    let s = &out.stdout;
+    assert!(s.starts_with("host web-1\tweb-1\t"), "{s}");
+    assert!(s.contains("3\tout\n\terr\n"), "{s}");
+    assert!(
+        s.contains("a b|$HOME|'q'|;ls|"),
+        "argv is passed literally: {s}"
+    );
+    assert!(s.contains("hi there-\n"), "{s}");
+    assert!(
+        s.contains("14\n[REDACTED]"),
+        "the secret reached the command (14 bytes) and was scrubbed: {s}"
+    );
+    assert!(s.contains("line 1\nline 2\n"), "{s}");
+    assert!(s.contains("/tmp\n"), "{s}");
+    assert!(s.contains("x2\n"), "{s}");
+    assert!(
+        s.contains("command_failed\thost:run: on web-1 the command exited with code 1"),
+        "{s}"
+    );
+    assert!(!s.contains("tok-8c1f0e9a77") && !out.stderr.contains("tok-8c1f0e9a77"));
+    let tcp = s
+        .split("TCP-BEGIN\n")
+        .nth(1)
+        .and_then(|t| t.split("TCP-END").next())
+        .expect("tcp listing");
+    assert_eq!(
+        established_to(tcp, h.port()),
+        1,
+        "every command and the second connect share one master connection:\n{tcp}"
+    );
+    // The ledger holds the reference, never the value.
+    let all: String = p
+        .db()
+        .query_row(
+            "SELECT group_concat(coalesce(args,'') || coalesce(result,''), '\n') FROM entries",
+            [],
+            |r| r.get(0),
+        )
+        .expect("ledger");
+    assert!(!all.contains("tok-8c1f0e9a77"));
+    assert!(all.contains("\"$secret\":\"API_TOKEN\""));
+}
+
+#[test]
+fn upload_and_download_round_trip_atomically() {
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    let remote_dir = tempfile::tempdir().expect("temp dir");
+    let remote = remote_dir.path().join("app.conf");
+    p.write("conf/app.conf", "port = 8080\n");
+    let out = p
+        .script(
+            &format!(
+                r#"
+local host = require("stagecraft/ssh").connect({target})
+local up = host:upload("conf/app.conf", "{remote}", {{mode = "0600"}})
+print(up.bytes, up.sha256)
+local mode = host:run({{"stat", "-c", "%a", "{remote}"}}).stdout
+print(mode)
+local down = host:download("{remote}", "copy.conf")
+print(down.bytes, down.sha256 == up.sha256)
+local ok, err = pcall(function() return host:download("{remote}.missing", "x") end)
+print(err.kind)
+"#,
+                remote = remote.display()
+            ),
+            &[],
+        )
+        .ok();
+    assert!(out.stdout.starts_with("12\t"), "{}", out.stdout);
+    assert!(out.stdout.contains("\n600\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("12\ttrue\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("not_found\n"), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&remote).expect("remote file"),
+        "port = 8080\n"
+    );
+    assert_eq!(p.read("copy.conf"), "port = 8080\n");
+}
+
+#[test]
+fn connection_failures_have_distinct_kinds() {
+    let mut h = Sshd::start();
+    let other = Sshd::start();
+    let (p, _) = setup(&h);
+    let user = h.user().to_string();
+    let (key, known) = (h.key_path(), h.known_hosts_path());
+    let base = |key: &std::path::Path, known: &std::path::Path, port: u16, host: &str| {
+        format!(
+            "{{host = '{host}', port = {port}, user = '{user}', key = '{}', known_hosts_file = '{}', connect_timeout = 5}}",
+            key.display(),
+            known.display()
+        )
+    };
+    let probe = |target: String| {
+        let out = p.script(
+            &format!(
+                "local ok, err = pcall(require('stagecraft/ssh').connect, {target})\nprint(err.kind)\nprint(err.message)\nprint(err.hint)\n"
+            ),
+            &[],
+        );
+        out.ok().stdout
+    };
+    // A key the host does not know.
+    let s = probe(base(&other.key_path(), &known, h.port(), "127.0.0.1"));
+    assert!(s.starts_with("authentication_failed\n"), "{s}");
+    // A host whose key is not the one in known_hosts.
+    let s = probe(base(&key, &other.known_hosts_path(), h.port(), "127.0.0.1"));
+    assert!(s.starts_with("host_key_mismatch\n"), "{s}");
+    // A name that does not resolve.
+    let s = probe(base(&key, &known, 22, "no-such-host.invalid"));
+    assert!(s.starts_with("dns\n"), "{s}");
+    // Nothing listening.
+    let port = h.port();
+    h.kill();
+    let s = probe(base(&key, &known, port, "127.0.0.1"));
+    assert!(s.starts_with("unreachable\n"), "{s}");
+    assert!(s.contains("Connection refused"), "{s}");
+}
+
+#[test]
+fn ssh_needs_its_capability_for_that_host() {
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    p.write(
+        "stagecraft.yml",
+        "name: t\npermissions:\n  - ssh:10.9.9.9\n",
+    );
+    p.script(&format!("require('stagecraft/ssh').connect({target})"), &[])
+        .code(3)
+        .stderr_has("ssh.connect needs capability ssh:127.0.0.1");
+    p.script(
+        &format!("require('stagecraft/ssh').connect({target}):run({{'true'}})"),
+        &["--allow", "ssh:127.0.0.1"],
+    )
+    .ok();
+}
+
+#[test]
+fn replay_makes_no_connection() {
+    let mut h = Sshd::start();
+    let (p, target) = setup(&h);
+    p.script(
+        &format!(
+            "local host = require('stagecraft/ssh').connect({target})\n\
+             print(host:run({{'hostname'}}).code)\nprint(host:shell('echo hi').stdout)\n"
+        ),
+        &[],
+    )
+    .ok();
+    let run = latest_run(&p);
+    h.kill();
+    p.run(&["replay", &run])
+        .ok()
+        .stderr_has("recorded calls matched, no divergence");
+}
