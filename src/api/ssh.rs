@@ -145,6 +145,8 @@ pub struct Pool {
     sessions: tokio::sync::Mutex<HashMap<String, Arc<openssh::Session>>>,
     /// One lock per host, so concurrent first calls make one master.
     connecting: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Folders holding forwarded sockets, removed when the run ends.
+    forwards: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
 fn pool(lua: &Lua) -> Arc<Pool> {
@@ -723,6 +725,55 @@ impl UserData for Host {
                     })
                     .await?;
                 to_lua(&lua, &v)
+            }
+        });
+
+        methods.add_async_method("docker", |lua, h, socket: Option<String>| {
+            let h = (*h).clone();
+            async move {
+                const F: &str = "host:docker";
+                let remote = socket.unwrap_or_else(|| "/var/run/docker.sock".to_string());
+                if !remote.starts_with('/') {
+                    return Err(OpError::invalid(format!(
+                        "{F}: the remote socket must be an absolute path (got '{remote}')"
+                    ))
+                    .into_lua());
+                }
+                let p = pool(&lua);
+                let args = json!({ "socket": remote });
+                let v = h
+                    .op(&lua, "ssh.docker", args, |_, tr| async move {
+                        // A local socket forwarded over the host's master connection.
+                        let dir = tempfile::Builder::new()
+                            .prefix("sc-ssh-")
+                            .tempdir()
+                            .map_err(|e| OpError::io(format!("{F}: {e}")))?;
+                        let local = dir.path().join("docker.sock");
+                        tr.session
+                            .request_port_forward(
+                                openssh::ForwardType::Local,
+                                openssh::Socket::UnixSocket {
+                                    path: local.clone().into(),
+                                },
+                                openssh::Socket::UnixSocket {
+                                    path: std::path::PathBuf::from(&remote).into(),
+                                },
+                            )
+                            .await
+                            .map_err(|e| classify(&tr.host.target.display(), &e, None))?;
+                        p.forwards
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(dir);
+                        Ok(json!({ "engine": format!("unix://{}", local.display()) }))
+                    })
+                    .await?;
+                let addr = v
+                    .get("engine")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                super::docker::engine_table(&lua, Arc::new(super::docker::Engine::new(Some(addr))))
             }
         });
 

@@ -243,3 +243,49 @@ fn replay_makes_no_connection() {
         .ok()
         .stderr_has("recorded calls matched, no divergence");
 }
+
+#[test]
+fn host_docker_drives_the_remote_engine_through_the_master_connection() {
+    let web = crate::images::web();
+    let guard = crate::images::Cleanup::new();
+    let name = guard.container(&crate::images::unique("scsshd"));
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    p.write(
+        "stagecraft.yml",
+        "name: t\npermissions:\n  - ssh\n  - docker\n",
+    );
+    let out = p
+        .script(
+            &format!(
+                r#"
+local host = require("stagecraft/ssh").connect({target})
+local engine = host:docker()
+local c = engine.run({{image = "{web}", name = "{name}", env = {{VERSION = "remote"}}}})
+print(c:wait_healthy({{timeout = 30}}).status)
+print(c:exec({{"cat", "/www/index.html"}}).stdout)
+print(string.sub(engine.address, 1, 7))
+c:remove({{force = true}})
+"#
+            ),
+            &[],
+        )
+        .ok();
+    assert!(
+        out.stdout.starts_with("healthy\nversion=remote "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("unix://"), "{}", out.stdout);
+    let gone = crate::images::docker(&["inspect", &name]);
+    assert!(
+        !gone.status.success(),
+        "the container was removed through the forward"
+    );
+    // Replayed, the engine calls need neither the host nor the socket.
+    let run = latest_run(&p);
+    drop(h);
+    p.run(&["replay", &run])
+        .ok()
+        .stderr_has("recorded calls matched, no divergence");
+}
