@@ -289,3 +289,53 @@ c:remove({{force = true}})
         .ok()
         .stderr_has("recorded calls matched, no divergence");
 }
+
+#[test]
+fn streamed_output_is_prefixed_and_a_host_dying_mid_command_is_disconnected() {
+    let mut h = Sshd::start();
+    let (p, target) = setup(&h);
+    p.script(
+        &format!(
+            "require('stagecraft/ssh').connect({target}):run({{'sh', '-c', 'echo one; echo two >&2'}}, {{stream = true}})"
+        ),
+        &[],
+    )
+    .ok()
+    .stderr_has("web-1 | one\n")
+    .stderr_has("web-1 | two\n");
+
+    let marker = tempfile::tempdir().expect("temp dir");
+    let flag = marker.path().join("started");
+    p.write(
+        "long.luau",
+        &format!(
+            "local ok, err = pcall(function()\n\
+               return require('stagecraft/ssh').connect({target}):run({{'sh', '-c', 'touch {flag}; sleep 60'}})\n\
+             end)\n\
+             print(err.kind)\nprint(err.message)\n",
+            flag = flag.display()
+        ),
+    );
+    let mut cmd = p.cmd(&["run", "long.luau"]).cmd;
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn stagecraft");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !flag.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remote command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    h.kill();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("disconnected\nssh web-1: the connection was lost"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
