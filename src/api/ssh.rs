@@ -205,6 +205,11 @@ impl Pool {
         });
         b.connect_timeout(Duration::from_secs_f64(t.connect_timeout.unwrap_or(10.0)));
         b.server_alive_interval(Duration::from_secs(15));
+        // The run closes its masters when it ends; one left behind by a killed process exits
+        // after 15 idle minutes instead of living forever.
+        if let Some(idle) = std::num::NonZeroUsize::new(900) {
+            b.control_persist(openssh::ControlPersist::IdleFor(idle));
+        }
         if let Some(j) = &t.jump {
             b.jump_hosts([j.as_str()]);
         }
