@@ -6,6 +6,7 @@ pub mod compose;
 pub mod engine;
 pub mod error;
 pub mod git;
+pub mod inventory;
 pub mod ledger;
 pub mod project;
 pub mod runtime;

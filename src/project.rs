@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::inventory::{Inventory, RawInventory};
 
 pub const CONFIG_FILE: &str = "stagecraft.yml";
 pub const STATE_DIR: &str = ".stagecraft";
@@ -23,6 +24,9 @@ pub struct Config {
     /// How `stagecraft/tailscale` runs the `tailscale` CLI.
     #[serde(default)]
     pub tailscale: TailscaleConfig,
+    /// Hosts for `stagecraft/ssh`, as written; validated into [`Project::inventory`].
+    #[serde(default)]
+    pub(crate) inventory: Option<RawInventory>,
 }
 
 /// `tailscale:` in `stagecraft.yml`.
@@ -45,6 +49,8 @@ pub struct Project {
     /// Whether `stagecraft.yml` exists at the root.
     pub has_config: bool,
     pub config: Config,
+    /// The hosts of `inventory:` in `stagecraft.yml` (empty when absent).
+    pub inventory: Inventory,
 }
 
 impl Project {
@@ -57,11 +63,12 @@ impl Project {
         while let Some(d) = dir {
             let cfg = d.join(CONFIG_FILE);
             if cfg.is_file() {
-                let config = load_config(&cfg)?;
+                let (config, inventory) = load_config(&cfg)?;
                 return Ok(Project {
                     root: d.to_path_buf(),
                     has_config: true,
                     config,
+                    inventory,
                 });
             }
             dir = d.parent();
@@ -70,6 +77,7 @@ impl Project {
             root: start,
             has_config: false,
             config: Config::default(),
+            inventory: Inventory::default(),
         })
     }
 
@@ -103,16 +111,59 @@ impl Project {
     }
 }
 
-fn load_config(path: &Path) -> Result<Config> {
+fn load_config(path: &Path) -> Result<(Config, Inventory)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    parse_config(&text, &path.display().to_string())
+}
+
+/// Parse and validate the text of `stagecraft.yml`; `file` names it in error messages, which
+/// start with `FILE:LINE:COLUMN:` when the position is known.
+pub(crate) fn parse_config(text: &str, file: &str) -> Result<(Config, Inventory)> {
     if text.trim().is_empty() {
-        return Ok(Config::default());
+        return Ok((Config::default(), Inventory::default()));
     }
-    serde_saphyr::from_str::<Config>(&text).map_err(|e| {
-        Error::usage(format!("{}: {e}", path.display()))
-            .with_hint("see docs/capabilities.md for the format of stagecraft.yml")
-    })
+    let mut config = serde_saphyr::from_str::<Config>(text).map_err(|e| config_error(file, &e))?;
+    let inventory = match config.inventory.take() {
+        Some(raw) => raw.validate().map_err(|e| {
+            let message = match e.position() {
+                Some((line, column)) => format!("{file}:{line}:{column}: {e}"),
+                None => format!("{file}: {e}"),
+            };
+            Error::usage(message).with_hint(
+                e.hint()
+                    .unwrap_or_else(|| "see docs/inventory.md for the format of inventory:".into()),
+            )
+        })?,
+        None => Inventory::default(),
+    };
+    Ok((config, inventory))
+}
+
+/// A serde error in `stagecraft.yml`. Unknown keys get their position and a suggestion.
+fn config_error(file: &str, e: &serde_saphyr::Error) -> Error {
+    let mut inner = e.without_snippet();
+    while let serde_saphyr::Error::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    if let serde_saphyr::Error::SerdeUnknownField {
+        field,
+        expected,
+        location,
+    } = inner
+    {
+        let mut message = match location.line() {
+            0 => format!("{file}: unknown key '{field}'"),
+            line => format!("{file}:{line}:{}: unknown key '{field}'", location.column()),
+        };
+        if let Some(s) = crate::util::did_you_mean(field, expected) {
+            message.push_str(&format!(" (did you mean '{s}'?)"));
+        }
+        return Error::usage(message)
+            .with_hint(format!("known keys here: {}", expected.join(", ")));
+    }
+    Error::usage(format!("{file}: {e}"))
+        .with_hint("see docs/capabilities.md for the format of stagecraft.yml")
 }
 
 /// Parse `.env` text. Errors carry the 1-based line number.
