@@ -37,7 +37,94 @@ pub mod errkinds {
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("connect", lua.create_async_function(connect)?)?;
+    t.set("hosts", lua.create_function(hosts)?)?;
     Ok(t)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct HostsOpts {
+    role: Option<String>,
+    env: Option<String>,
+    group: Option<String>,
+    #[serde(deserialize_with = "super::seq")]
+    names: Vec<String>,
+}
+
+/// `ssh.hosts{role=, env=, group=, names=}`: inventory hosts (stagecraft.yml) as host handles,
+/// in inventory order. Recorded, so a replay sees the inventory of the recorded run.
+fn hosts(lua: &Lua, o: Option<Value>) -> mlua::Result<Vec<Host>> {
+    const F: &str = "ssh.hosts";
+    let ctx = ctx(lua)?;
+    let args = super::docker::opts_json(F, &o)?;
+    let o: HostsOpts = opts(F, o)?;
+    let v = ctx
+        .record_sync(F, args, || {
+            let inv = &ctx.project.inventory;
+            let picked = inv
+                .select(
+                    o.role.as_deref(),
+                    o.env.as_deref(),
+                    o.group.as_deref(),
+                    &o.names,
+                )
+                .map_err(|e| {
+                    let mut err = OpError::invalid(format!("{F}: {e}"));
+                    err.hint = e.hint();
+                    err
+                })?;
+            let mut out = Vec::new();
+            for h in picked {
+                out.push(serde_json::to_value(target_of(inv, h)?).unwrap_or_default());
+            }
+            Ok(serde_json::Value::Array(out))
+        })
+        .map_err(OpError::into_lua)?;
+    let targets: Vec<Target> = from_json(F, v)?;
+    Ok(targets.into_iter().map(|target| Host { target }).collect())
+}
+
+/// How to reach an inventory host.
+fn target_of(
+    inv: &crate::inventory::Inventory,
+    h: &crate::inventory::Host,
+) -> Result<Target, OpError> {
+    let host = match (&h.address, &h.tailscale) {
+        (Some(a), _) => a.clone(),
+        // Reached by its MagicDNS name; resolving through the tailscale CLI comes later.
+        (None, Some(t)) => t.clone(),
+        (None, None) => {
+            return Err(OpError::invalid(format!(
+                "ssh.hosts: inventory host {} has no address",
+                h.name
+            )));
+        }
+    };
+    let jump = match &h.jump {
+        None => None,
+        Some(j) => match inv.get(j) {
+            Some(jh) => {
+                let jt = target_of(inv, jh)?;
+                Some(format!(
+                    "{}{}:{}",
+                    jt.user.map(|u| format!("{u}@")).unwrap_or_default(),
+                    jt.host,
+                    jt.port.unwrap_or(22)
+                ))
+            }
+            None => Some(j.clone()),
+        },
+    };
+    Ok(Target {
+        host,
+        port: Some(h.port),
+        user: h.user.clone(),
+        key: h.key.clone(),
+        jump,
+        known_hosts: Some(h.known_hosts.clone()),
+        name: Some(h.name.clone()),
+        ..Target::default()
+    })
 }
 
 /// How to reach a host, as given by the script (recorded in the ledger).

@@ -339,3 +339,66 @@ fn streamed_output_is_prefixed_and_a_host_dying_mid_command_is_disconnected() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn inventory_fan_out_reports_every_host_when_one_dies() {
+    let hosts: Vec<Sshd> = (0..3).map(|_| Sshd::start()).collect();
+    let mut dead = Sshd::start();
+    // One key and known_hosts for all: each host trusts the first host's user key.
+    let key = hosts[0].key_path();
+    let known = tempfile::NamedTempFile::new().expect("known_hosts");
+    let mut lines = String::new();
+    for h in hosts.iter().chain(std::iter::once(&dead)) {
+        lines.push_str(&std::fs::read_to_string(h.known_hosts_path()).expect("known_hosts"));
+        let auth = h.dir().join("authorized_keys");
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+        std::fs::write(&auth, pubkey).expect("authorize the shared key");
+    }
+    std::fs::write(known.path(), lines).expect("write known_hosts");
+    let mut inv = format!(
+        "name: fleet\npermissions:\n  - ssh\ninventory:\n  defaults: {{ user: {}, key: {}, known_hosts: strict }}\n  hosts:\n",
+        hosts[0].user(),
+        key.display()
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        inv.push_str(&format!(
+            "    web-{}: {{ address: 127.0.0.1, port: {}, roles: [web], env: production }}\n",
+            i + 1,
+            h.port()
+        ));
+    }
+    inv.push_str(&format!(
+        "    web-9: {{ address: 127.0.0.1, port: {}, roles: [web], env: production }}\n    db-1: {{ address: 127.0.0.1, port: {}, roles: [db], env: production }}\n",
+        dead.port(),
+        hosts[0].port()
+    ));
+    let p = Project::new().file("stagecraft.yml", &inv);
+    dead.kill();
+    let out = p
+        .script(
+            &format!(
+                r#"
+local ssh = require("stagecraft/ssh")
+local task = require("stagecraft/task")
+local web = ssh.hosts({{role = "web", env = "production"}})
+print(#web)
+local report = task.map(web, function(h)
+  local r = ssh.connect({{host = h.address, port = h.port, user = h.user, key = "{key}", known_hosts_file = "{known}", name = h.name, connect_timeout = 5}})
+  return r:run({{"echo", h.name}}).stdout
+end, {{max_fail = 1, label = function(h) return h.name end}})
+print(report.ok, report.done, report.failed, report.cancelled)
+for _, r in report.results do print(r.name, r.status, r.value or r.error.kind) end
+"#,
+                key = key.display(),
+                known = known.path().display()
+            ),
+            &[],
+        )
+        .ok();
+    assert_eq!(
+        out.stdout,
+        "4\ntrue\t3\t1\t0\nweb-1\tok\tweb-1\n\nweb-2\tok\tweb-2\n\nweb-3\tok\tweb-3\n\nweb-9\tfailed\tunreachable\n",
+        "{}",
+        out.stderr
+    );
+}
