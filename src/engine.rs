@@ -276,6 +276,7 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         modules: Mutex::new(Vec::new()),
         print_to_stderr: settings.json,
         rng: Mutex::new(rand::rngs::StdRng::from_os_rng()),
+        finalizers: Mutex::new(Vec::new()),
     });
     tracing::info!(run = %run_id, script = %script.chunk, "run started");
     let result = execute(&ctx, &script, settings.memory_limit_mb);
@@ -400,43 +401,45 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                 traceback: captured_tb(),
             })
         };
-        match res {
-            None => {
-                Err(stopped()
-                    .unwrap_or_else(|| fail(OpError::new(kinds::INTERRUPTED, "run stopped"))))
-            }
-            Some(Err(e)) => Err(stopped().unwrap_or_else(|| Failure {
-                error: crate::runtime::fault::find_op_error(&e).unwrap_or_else(|| {
-                    OpError::new("script_error", crate::runtime::fault::message_of(&e))
-                }),
-                structured: false,
-                traceback: String::new(),
-            })),
-            Some(Ok(mut values)) => match values.pop_front() {
-                Some(Value::Boolean(true)) => {
-                    if let Some(reason) = ctx.stop.reason() {
-                        return Err(fail(reason));
+        let result =
+            match res {
+                None => Err(stopped()
+                    .unwrap_or_else(|| fail(OpError::new(kinds::INTERRUPTED, "run stopped")))),
+                Some(Err(e)) => Err(stopped().unwrap_or_else(|| Failure {
+                    error: crate::runtime::fault::find_op_error(&e).unwrap_or_else(|| {
+                        OpError::new("script_error", crate::runtime::fault::message_of(&e))
+                    }),
+                    structured: false,
+                    traceback: String::new(),
+                })),
+                Some(Ok(mut values)) => match values.pop_front() {
+                    Some(Value::Boolean(true)) => {
+                        if let Some(reason) = ctx.stop.reason() {
+                            return Err(fail(reason));
+                        }
+                        let first = values.pop_front().unwrap_or(Value::Nil);
+                        Ok(crate::runtime::value::to_json(&first, Default::default())
+                            .unwrap_or(serde_json::Value::Null))
                     }
-                    let first = values.pop_front().unwrap_or(Value::Nil);
-                    Ok(crate::runtime::value::to_json(&first, Default::default())
-                        .unwrap_or(serde_json::Value::Null))
-                }
-                _ => {
-                    let captured = main_task.take_failure();
-                    match (ctx.stop.reason(), captured) {
-                        (Some(r), c) => Err(Failure {
-                            error: r,
-                            structured: true,
-                            traceback: c.map(|c| c.traceback).unwrap_or_default(),
-                        }),
-                        (None, Some(c)) => Err(c),
-                        (None, None) => {
-                            Err(fail(OpError::new("script_error", "the script failed")))
+                    _ => {
+                        let captured = main_task.take_failure();
+                        match (ctx.stop.reason(), captured) {
+                            (Some(r), c) => Err(Failure {
+                                error: r,
+                                structured: true,
+                                traceback: c.map(|c| c.traceback).unwrap_or_default(),
+                            }),
+                            (None, Some(c)) => Err(c),
+                            (None, None) => {
+                                Err(fail(OpError::new("script_error", "the script failed")))
+                            }
                         }
                     }
-                }
-            },
-        }
+                },
+            };
+        // Whatever the outcome: release what the run still holds (deploy locks).
+        ctx.finalize(Duration::from_secs(30)).await;
+        result
     })
 }
 
@@ -691,6 +694,7 @@ pub fn replay(
         modules: Mutex::new(Vec::new()),
         print_to_stderr: true,
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(0)),
+        finalizers: Mutex::new(Vec::new()),
     });
     let Recorder::Replay(replay) = &ctx.recorder else {
         return Err(Error::new(

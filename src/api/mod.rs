@@ -8,6 +8,7 @@ pub mod fs;
 pub mod http;
 pub mod json;
 pub mod ledger;
+pub mod lock;
 pub mod log;
 pub mod secrets;
 pub mod ssh;
@@ -122,6 +123,12 @@ pub static MODULES: &[Module] = &[
         register: ssh::register,
         stability: Stability::Experimental,
         about: "hosts over OpenSSH, one multiplexed master per host (capability ssh[:HOST])",
+    },
+    Module {
+        name: "lock",
+        register: lock::register,
+        stability: Stability::Experimental,
+        about: "deploy locks on hosts: acquire, release, status (capability ssh[:HOST])",
     },
     Module {
         name: "ledger",

@@ -212,7 +212,7 @@ impl Target {
     }
 
     /// The key the pool uses: one master per distinct destination.
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!(
             "{}@{}:{}",
             self.user.as_deref().unwrap_or(""),
@@ -221,7 +221,7 @@ impl Target {
         )
     }
 
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.host.clone())
     }
 }
@@ -236,7 +236,7 @@ pub struct Pool {
     forwards: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
-fn pool(lua: &Lua) -> Arc<Pool> {
+pub(crate) fn pool(lua: &Lua) -> Arc<Pool> {
     if let Some(p) = lua.app_data_ref::<Arc<Pool>>() {
         return p.clone();
     }
@@ -257,7 +257,7 @@ fn home_path(p: &str) -> PathBuf {
 
 impl Pool {
     /// The master session for a target, connecting on first use.
-    async fn session(&self, t: &Target) -> Result<Arc<openssh::Session>, OpError> {
+    pub(crate) async fn session(&self, t: &Target) -> Result<Arc<openssh::Session>, OpError> {
         let id = t.id();
         if let Some(s) = self.sessions.lock().await.get(&id) {
             return Ok(s.clone());
@@ -541,6 +541,40 @@ async fn read_all(
 }
 
 const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// Run an argv on a host over its master connection (for other modules, such as locks):
+/// `(code, stdout, stderr)`.
+pub(crate) async fn run_argv(
+    ctx: &RunCtx,
+    host: &Host,
+    session: Arc<openssh::Session>,
+    argv: Vec<String>,
+) -> Result<(i32, String, String), OpError> {
+    let tr = MuxTransport {
+        host: host.clone(),
+        session,
+    };
+    let out = tr
+        .execute(
+            ctx,
+            CommandSpec {
+                argv,
+                shell: None,
+                env: vec![],
+                cwd: None,
+                stdin: vec![],
+                timeout: Some(Duration::from_secs(60)),
+                stream: false,
+                max_output: 1024 * 1024,
+            },
+        )
+        .await?;
+    Ok((
+        out.code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
 
 async fn connect(lua: Lua, target: Value) -> mlua::Result<Host> {
     const F: &str = "ssh.connect";

@@ -39,9 +39,56 @@ pub struct RunCtx {
     /// `print` goes to stderr when stdout carries `--json` output.
     pub print_to_stderr: bool,
     pub rng: Mutex<rand::rngs::StdRng>,
+    /// Work to do when the script has ended, whatever the outcome (release deploy locks).
+    /// Registered by live effects only, so a replay has none.
+    pub finalizers: Mutex<Vec<Finalizer>>,
 }
 
+/// A clean-up run after the script: it may talk to the world, and notes what it did with
+/// [`RunCtx::note`].
+pub type Finalizer =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
 impl RunCtx {
+    /// Register work for the end of the run.
+    pub fn at_end(&self, f: Finalizer) {
+        if let Ok(mut v) = self.finalizers.lock() {
+            v.push(f);
+        }
+    }
+
+    /// Run the registered clean-ups, newest first, within `limit`.
+    pub async fn finalize(&self, limit: std::time::Duration) {
+        let list: Vec<Finalizer> = self
+            .finalizers
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let _ = tokio::time::timeout(limit, async {
+            for f in list.into_iter().rev() {
+                f().await;
+            }
+        })
+        .await;
+    }
+
+    /// Append a note (not a call: replay ignores it) of something done outside the script,
+    /// such as releasing a lock at the end of the run.
+    pub fn note(&self, op: &str, args: serde_json::Value) {
+        if let record::Recorder::Live(writer) = &self.recorder {
+            let mut args = args;
+            self.secrets.scrubber.scrub_json(&mut args);
+            writer.push(crate::ledger::writer::Pending::marker(
+                self.run_id.clone(),
+                "note",
+                op,
+                value::canonical(&args),
+                None,
+                0,
+            ));
+        }
+    }
+
     /// Write script output, scrubbed of every loaded secret.
     pub fn emit(&self, text: &str, to_stderr: bool) {
         let clean = self.secrets.scrubber.scrub(text);

@@ -12,6 +12,7 @@ mod http;
 mod images;
 mod inventory;
 mod ledger;
+mod lock;
 mod modules;
 mod replay;
 mod secrets;
