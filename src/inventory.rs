@@ -35,6 +35,8 @@ pub struct Host {
     pub key: Option<String>,
     /// `strict` or `accept-new`.
     pub known_hosts: String,
+    /// A known_hosts file instead of the user's (`~/` expanded when connecting).
+    pub known_hosts_file: Option<String>,
     /// Another inventory host's name, or a literal `[user@]host[:port]`.
     pub jump: Option<String>,
     pub roles: Vec<String>,
@@ -248,6 +250,8 @@ struct RawDefaults {
     #[serde(default)]
     known_hosts: Option<Spanned<String>>,
     #[serde(default)]
+    known_hosts_file: Option<Spanned<String>>,
+    #[serde(default)]
     jump: Option<Spanned<String>>,
 }
 
@@ -266,6 +270,8 @@ struct RawHost {
     key: Option<Spanned<String>>,
     #[serde(default)]
     known_hosts: Option<Spanned<String>>,
+    #[serde(default)]
+    known_hosts_file: Option<Spanned<String>>,
     #[serde(default)]
     jump: Option<Spanned<String>>,
     #[serde(default)]
@@ -493,6 +499,11 @@ impl RawInventory {
             Some(k) => known_hosts(&format!("{dp}.known_hosts"), k)?,
             None => KNOWN_HOSTS_POLICIES[0].to_string(),
         };
+        let d_known_file = d
+            .known_hosts_file
+            .as_ref()
+            .map(|k| word(&format!("{dp}.known_hosts_file"), "known_hosts_file", k))
+            .transpose()?;
 
         let names: Vec<&str> = self.hosts.0.iter().map(|(k, _)| k.value.as_str()).collect();
         // A jump naming an inventory host (no '@' or ':'), else a literal.
@@ -591,6 +602,14 @@ impl RawInventory {
                 known_hosts: match &h.known_hosts {
                     Some(k) => known_hosts(&format!("{hp}.known_hosts"), k)?,
                     None => d_known.clone(),
+                },
+                known_hosts_file: match &h.known_hosts_file {
+                    Some(k) => Some(word(
+                        &format!("{hp}.known_hosts_file"),
+                        "known_hosts_file",
+                        k,
+                    )?),
+                    None => d_known_file.clone(),
                 },
                 jump,
                 roles,
@@ -737,6 +756,7 @@ inventory:
                 user: Some("deploy".into()),
                 key: Some("~/.ssh/id_ed25519".into()),
                 known_hosts: "strict".into(),
+                known_hosts_file: None,
                 jump: None,
                 roles: vec!["web".into()],
                 env: Some("production".into()),

@@ -122,6 +122,7 @@ fn target_of(
         key: h.key.clone(),
         jump,
         known_hosts: Some(h.known_hosts.clone()),
+        known_hosts_file: h.known_hosts_file.clone(),
         name: Some(h.name.clone()),
         ..Target::default()
     })

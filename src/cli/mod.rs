@@ -1,6 +1,7 @@
 //! Command-line definitions. No business logic here: each subcommand calls into the engine.
 
 mod ledger_cmd;
+mod lock_cmd;
 mod replay_cmd;
 mod run_cmd;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Inspect and verify the ledger.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Deploy locks on hosts: who holds one, and breaking a stale one.
+    #[command(subcommand)]
+    Lock(lock_cmd::LockCommand),
     /// List the modules scripts can require, with their stability.
     Modules {
         /// Machine-readable output.
@@ -152,6 +156,7 @@ where
     let result = match cli.command {
         Command::Run(a) => run_cmd::run(a),
         Command::Replay(a) => replay_cmd::run(a),
+        Command::Lock(c) => lock_cmd::run(c),
         Command::Ledger(c) => ledger_cmd::run(c),
         Command::Modules { json } => modules(json),
     };

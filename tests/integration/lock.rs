@@ -206,3 +206,71 @@ fn a_failing_run_releases_its_lock_and_a_replay_touches_nothing() {
         .ok()
         .stderr_has("2 of 2 recorded calls matched, no divergence (recorded status: failed)");
 }
+
+#[test]
+fn the_lock_command_shows_the_holder_and_breaks_a_stale_lock() {
+    let h = Sshd::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let locks = tmp.path().join("locks");
+    let (started, go) = (tmp.path().join("started"), tmp.path().join("go"));
+    let (p, prelude) = setup(&h, &locks);
+    // The inventory names the host.
+    p.write(
+        "stagecraft.yml",
+        &format!(
+            "name: lock-test\npermissions:\n  - ssh\ninventory:\n  hosts:\n    web-1: {{ address: 127.0.0.1, port: {}, user: {}, key: {}, known_hosts_file: {} }}\n",
+            h.port(),
+            h.user(),
+            h.key_path().display(),
+            h.known_hosts_path().display()
+        ),
+    );
+    let dir = format!("--dir={}", locks.display());
+    p.run(&["lock", "status", "web-1", "deploy", &dir])
+        .ok()
+        .stdout_is("deploy lock deploy on web-1: free\n");
+
+    let mut a = holder(&p, &prelude, &started, &go);
+    wait_for(&started);
+    let out = p.run(&["lock", "status", "web-1", "deploy", &dir]).ok();
+    assert!(
+        out.stdout
+            .starts_with("deploy lock deploy on web-1: held by "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.trim_end().ends_with(": deploying v2"),
+        "{}",
+        out.stdout
+    );
+    a.kill().expect("kill -9 the holder");
+    let _ = a.wait();
+    let out = p.run(&["lock", "status", "web-1", "deploy", &dir]).ok();
+    assert!(out.stdout.contains("\nstale: its run "), "{}", out.stdout);
+    p.run(&["lock", "release", "web-1", "deploy", &dir])
+        .code(2)
+        .stderr_has("pass --force");
+    let out = p
+        .run(&["lock", "release", "web-1", "deploy", &dir, "--force"])
+        .ok();
+    assert!(
+        out.stdout
+            .starts_with("deploy lock deploy on web-1 released (was held by "),
+        "{}",
+        out.stdout
+    );
+    // The break is a recorded call.
+    let n: i64 = p
+        .db()
+        .query_row(
+            "SELECT count(*) FROM entries WHERE kind = 'call' AND op = 'lock.release'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 1);
+    p.run(&["lock", "status", "web-1", "deploy", &dir])
+        .ok()
+        .stdout_is("deploy lock deploy on web-1: free\n");
+}
