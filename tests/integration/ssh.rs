@@ -402,3 +402,48 @@ for _, r in report.results do print(r.name, r.status, r.value or r.error.kind) e
         out.stderr
     );
 }
+
+#[test]
+fn fan_out_over_hosts_with_their_own_addresses() {
+    use crate::sshd::NetnsHost;
+    let hosts = [NetnsHost::start(), NetnsHost::start()];
+    let key = hosts[0].key_path();
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let known = tempfile::NamedTempFile::new().expect("known_hosts");
+    let mut lines = String::new();
+    let mut inv = String::from("name: fleet\npermissions:\n  - ssh\ninventory:\n  hosts:\n");
+    for (i, h) in hosts.iter().enumerate() {
+        std::fs::write(h.dir().join("authorized_keys"), &pubkey).expect("authorize the key");
+        lines.push_str(&std::fs::read_to_string(h.known_hosts_path()).expect("known_hosts"));
+        inv.push_str(&format!(
+            "    app-{}: {{ address: {}, port: {}, user: {}, key: {}, known_hosts_file: {}, roles: [app] }}\n",
+            i + 1,
+            h.addr().ip(),
+            h.port(),
+            h.user(),
+            key.display(),
+            known.path().display()
+        ));
+    }
+    std::fs::write(known.path(), lines).expect("write known_hosts");
+    let p = Project::new().file("stagecraft.yml", &inv);
+    let out = p
+        .script(
+            r#"
+local ssh = require("stagecraft/ssh")
+local task = require("stagecraft/task")
+local report = task.map(ssh.hosts({role = "app"}), function(h)
+  return h.name .. " " .. h.address .. " " .. h:run({"sh", "-c", "ip -4 -o addr show scope global | awk '{print $4}'"}).stdout
+end, {max_fail = 0})
+for _, r in report.results do print(r.status, r.value) end
+"#,
+            &[],
+        )
+        .ok();
+    let mut want = String::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let ip = h.addr().ip();
+        want.push_str(&format!("ok\tapp-{} {ip} {ip}/30\n\n", i + 1));
+    }
+    assert_eq!(out.stdout, want, "{}", out.stderr);
+}
