@@ -37,7 +37,7 @@ pub mod errkinds {
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("connect", lua.create_async_function(connect)?)?;
-    t.set("hosts", lua.create_function(hosts)?)?;
+    t.set("hosts", lua.create_async_function(hosts)?)?;
     Ok(t)
 }
 
@@ -52,14 +52,15 @@ struct HostsOpts {
 }
 
 /// `ssh.hosts{role=, env=, group=, names=}`: inventory hosts (stagecraft.yml) as host handles,
-/// in inventory order. Recorded, so a replay sees the inventory of the recorded run.
-fn hosts(lua: &Lua, o: Option<Value>) -> mlua::Result<Vec<Host>> {
+/// in inventory order. Hosts given by Tailscale name are resolved through the tailscale CLI
+/// (capability `tailscale`). Recorded, so a replay sees the recorded inventory and addresses.
+async fn hosts(lua: Lua, o: Option<Value>) -> mlua::Result<Vec<Host>> {
     const F: &str = "ssh.hosts";
-    let ctx = ctx(lua)?;
+    let ctx = ctx(&lua)?;
     let args = super::docker::opts_json(F, &o)?;
     let o: HostsOpts = opts(F, o)?;
     let v = ctx
-        .record_sync(F, args, || {
+        .record(F, args, || async {
             let inv = &ctx.project.inventory;
             let picked = inv
                 .select(
@@ -75,10 +76,17 @@ fn hosts(lua: &Lua, o: Option<Value>) -> mlua::Result<Vec<Host>> {
                 })?;
             let mut out = Vec::new();
             for h in picked {
-                out.push(serde_json::to_value(target_of(inv, h)?).unwrap_or_default());
+                let mut t = target_of(inv, h)?;
+                if h.address.is_none()
+                    && let Some(ts) = &h.tailscale
+                {
+                    t.host = super::tailscale::resolve(&ctx, F, ts).await?;
+                }
+                out.push(serde_json::to_value(t).unwrap_or_default());
             }
             Ok(serde_json::Value::Array(out))
         })
+        .await
         .map_err(OpError::into_lua)?;
     let targets: Vec<Target> = from_json(F, v)?;
     Ok(targets.into_iter().map(|target| Host { target }).collect())
@@ -91,7 +99,7 @@ fn target_of(
 ) -> Result<Target, OpError> {
     let host = match (&h.address, &h.tailscale) {
         (Some(a), _) => a.clone(),
-        // Reached by its MagicDNS name; resolving through the tailscale CLI comes later.
+        // Resolved through the tailscale CLI by `ssh.hosts`; a jump host keeps the name.
         (None, Some(t)) => t.clone(),
         (None, None) => {
             return Err(OpError::invalid(format!(

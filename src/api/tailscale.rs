@@ -255,6 +255,23 @@ impl Drop for KeyFile {
 }
 
 /// `tailscale status --json`, parsed.
+/// The address of a tailnet node, for other modules (inventory hosts given by Tailscale name).
+/// Needs the `tailscale` capability.
+pub(crate) async fn resolve(ctx: &RunCtx, op: &str, name: &str) -> Result<String, OpError> {
+    ctx.require(op, &Request::Plain("tailscale"), "tailscale")?;
+    let raw = status_json(ctx, op).await?;
+    let ip = find_ip(&raw, name).map_err(|e| OpError {
+        message: e.message.replacen("tailscale.ip:", &format!("{op}:"), 1),
+        ..e
+    })?;
+    ip.as_str().map(str::to_string).ok_or_else(|| {
+        OpError::new(
+            TAILSCALE_ERROR,
+            format!("{op}: tailscale node {name} has no address"),
+        )
+    })
+}
+
 async fn status_json(ctx: &RunCtx, op: &str) -> Result<Json, OpError> {
     let args = ["status".to_string(), "--json".to_string()];
     let out = run_cli(ctx, op, &args, CLI_TIMEOUT).await?;

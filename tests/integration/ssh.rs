@@ -447,3 +447,60 @@ for _, r in report.results do print(r.status, r.value) end
     }
     assert_eq!(out.stdout, want, "{}", out.stderr);
 }
+
+#[test]
+fn inventory_hosts_given_by_tailscale_name_are_resolved_through_the_cli() {
+    let h = Sshd::start();
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("tools")).expect("tools dir");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tailscale/fake-tailscale"),
+        p.path("tools/tailscale"),
+    )
+    .expect("copy the fake CLI");
+    // A tailnet in which the node `edge-1` has the address the test sshd listens on.
+    p.write(
+        "tailnet.json",
+        r#"{"BackendState": "Running", "Self": {"HostName": "ci", "DNSName": "ci.tail1234.ts.net.", "TailscaleIPs": ["100.64.0.1"], "Online": true},
+            "Peer": {"nodekey:1": {"HostName": "edge-1", "DNSName": "edge-1.tail1234.ts.net.", "TailscaleIPs": ["127.0.0.1"], "Online": true}},
+            "CurrentTailnet": {"Name": "example.com", "MagicDNSSuffix": "tail1234.ts.net"}}"#,
+    );
+    p.write(
+        "stagecraft.yml",
+        &format!(
+            "name: ts\npermissions:\n  - ssh\n  - tailscale\ntailscale:\n  cli: tools/tailscale\n  env: [FAKE_TAILSCALE_STATE]\n\
+             inventory:\n  hosts:\n    edge: {{ tailscale: edge-1, port: {}, user: {}, key: {}, known_hosts_file: {} }}\n",
+            h.port(),
+            h.user(),
+            h.key_path().display(),
+            h.known_hosts_path().display()
+        ),
+    );
+    p.write(
+        "script.luau",
+        "local host = require('stagecraft/ssh').hosts({names = {'edge'}})[1]\n\
+         print(host.name, host.address, host:run({'echo', 'via tailnet'}).stdout)\n",
+    );
+    p.cmd(&["run", "script.luau"])
+        .env(
+            "FAKE_TAILSCALE_STATE",
+            &p.path("tailnet.json").display().to_string(),
+        )
+        .output()
+        .ok()
+        .stdout_is("edge\t127.0.0.1\tvia tailnet\n\n");
+    // Without the tailscale capability the name cannot be resolved.
+    p.write(
+        "stagecraft.yml",
+        &p.read("stagecraft.yml").replace("  - tailscale\n", ""),
+    );
+    p.cmd(&["run", "script.luau"])
+        .env(
+            "FAKE_TAILSCALE_STATE",
+            &p.path("tailnet.json").display().to_string(),
+        )
+        .output()
+        .code(3)
+        .stderr_has("ssh.hosts needs capability tailscale");
+}
