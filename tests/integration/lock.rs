@@ -274,3 +274,31 @@ fn the_lock_command_shows_the_holder_and_breaks_a_stale_lock() {
         .ok()
         .stdout_is("deploy lock deploy on web-1: free\n");
 }
+
+#[test]
+fn a_lock_older_than_its_ttl_is_stale() {
+    let h = Sshd::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let locks = tmp.path().join("locks");
+    // A lock from another machine (its run is not in this ledger), taken long ago.
+    std::fs::create_dir_all(locks.join("deploy.lock")).expect("lock dir");
+    std::fs::write(
+        locks.join("deploy.lock/info.json"),
+        r#"{"holder":"ana@laptop","run":"01ELSEWHERE","since":"2001-09-09T01:46:40Z","since_unix":1000000000,"ttl":600,"message":"old deploy","token":"abc"}"#,
+    )
+    .expect("info");
+    let (p, prelude) = setup(&h, &locks);
+    let out = p
+        .script(
+            &format!("{prelude}lock.acquire(host, 'deploy', {{dir = DIR}})"),
+            &[],
+        )
+        .code(1);
+    assert!(
+        out.stderr.contains(
+            "deploy lock deploy on web-1 is stale: held by ana@laptop (run 01ELSEWHERE, since 2001-09-09T01:46:40Z): old deploy, but it is older than its TTL of 600s"
+        ),
+        "{}",
+        out.stderr
+    );
+}
