@@ -728,6 +728,31 @@ fn check_env_shapes(func: &str, env: &BTreeMap<String, serde_json::Value>) -> ml
     Ok(())
 }
 
+/// `host:run` and `host:shell`: one command with the script's options, as a result table.
+async fn run_with(
+    ctx: &RunCtx,
+    tr: &MuxTransport,
+    func: &str,
+    argv: Vec<String>,
+    shell: Option<String>,
+    o: &RunOpts,
+    timeout: Option<Duration>,
+) -> Result<serde_json::Value, OpError> {
+    let spec = CommandSpec {
+        argv,
+        shell,
+        env: env_pairs(ctx, func, &o.env)?,
+        cwd: o.cwd.clone(),
+        stdin: o.stdin.clone().unwrap_or_default().into_bytes(),
+        timeout,
+        stream: o.stream,
+        max_output: o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+    };
+    let name = tr.host.target.display();
+    let out = tr.execute(ctx, spec).await?;
+    output_json(func, &name, out, o.check)
+}
+
 fn output_json(
     func: &str,
     host: &str,
@@ -814,19 +839,7 @@ impl UserData for Host {
                 let args = json!({ "argv": argv_json, "opts": opts_json });
                 let v = h
                     .op(&lua, "ssh.run", args, |ctx, tr| async move {
-                        let spec = CommandSpec {
-                            argv: argv_list,
-                            shell: None,
-                            env: env_pairs(&ctx, F, &o.env)?,
-                            cwd: o.cwd.clone(),
-                            stdin: o.stdin.clone().unwrap_or_default().into_bytes(),
-                            timeout,
-                            stream: o.stream,
-                            max_output: o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
-                        };
-                        let name = tr.host.target.display();
-                        let out = tr.execute(&ctx, spec).await?;
-                        output_json(F, &name, out, o.check)
+                        run_with(&ctx, &tr, F, argv_list, None, &o, timeout).await
                     })
                     .await?;
                 to_lua(&lua, &v)
@@ -844,19 +857,7 @@ impl UserData for Host {
                 let args = json!({ "script": script, "opts": opts_json });
                 let v = h
                     .op(&lua, "ssh.shell", args, |ctx, tr| async move {
-                        let spec = CommandSpec {
-                            argv: vec![],
-                            shell: Some(script),
-                            env: env_pairs(&ctx, F, &o.env)?,
-                            cwd: o.cwd.clone(),
-                            stdin: o.stdin.clone().unwrap_or_default().into_bytes(),
-                            timeout,
-                            stream: o.stream,
-                            max_output: o.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
-                        };
-                        let name = tr.host.target.display();
-                        let out = tr.execute(&ctx, spec).await?;
-                        output_json(F, &name, out, o.check)
+                        run_with(&ctx, &tr, F, vec![], Some(script), &o, timeout).await
                     })
                     .await?;
                 to_lua(&lua, &v)
