@@ -149,6 +149,24 @@ fn staleness(ctx: &RunCtx, info: &serde_json::Value, now: i64) -> Option<String>
     ))
 }
 
+/// Locks are taken over SSH: the capability is the host's.
+fn require_ssh(ctx: &RunCtx, op: &str, host: &Host) -> Result<(), OpError> {
+    ctx.require(
+        op,
+        &Request::Ssh(&host.target.host),
+        &format!("ssh:{}", host.target.host),
+    )
+}
+
+/// A lock's info for the script and the ledger: the token stays on the host.
+fn without_token(info: &serde_json::Value) -> serde_json::Value {
+    let mut v = info.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("token");
+    }
+    v
+}
+
 fn holder_text(info: &serde_json::Value) -> String {
     let s = |k: &str| {
         info.get(k)
@@ -203,11 +221,7 @@ async fn acquire(
     let rel2 = released.clone();
     let v = ctx
         .record(F, args, || async move {
-            c2.require(
-                F,
-                &Request::Ssh(&h2.target.host),
-                &format!("ssh:{}", h2.target.host),
-            )?;
+            require_ssh(&c2, F, &h2)?;
             let token = format!("{:032x}", rand::random::<u128>());
             let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let machine = std::fs::read_to_string("/etc/hostname")
@@ -326,17 +340,9 @@ async fn release(
     let args = json!({ "host": host.target.id(), "name": name, "opts": opts_json });
     let v = ctx
         .record(F, args, || async {
-            ctx.require(
-                F,
-                &Request::Ssh(&host.target.host),
-                &format!("ssh:{}", host.target.host),
-            )?;
+            require_ssh(&ctx, F, &host)?;
             let a = remote(&ctx, &host, &p, &["release", &dir, &name, "-"]).await?;
-            let mut previous = a.info.clone();
-            if let Some(obj) = previous.as_object_mut() {
-                obj.remove("token");
-            }
-            Ok(json!({ "released": a.state == "RELEASED", "previous": previous }))
+            Ok(json!({ "released": a.state == "RELEASED", "previous": without_token(&a.info) }))
         })
         .await
         .map_err(OpError::into_lua)?;
@@ -350,6 +356,9 @@ async fn status(
     const F: &str = "lock.status";
     let host = (*host).clone();
     let ctx = ctx(&lua)?;
+    if !valid_name(&name) {
+        return Err(OpError::invalid(format!("{F}: '{name}' is not a lock name")).into_lua());
+    }
     let opts_json = super::docker::opts_json(F, &o)?;
     let o: ReleaseOpts = opts(F, o)?;
     let dir = o.dir.unwrap_or_else(|| DEFAULT_DIR.to_string());
@@ -357,21 +366,18 @@ async fn status(
     let args = json!({ "host": host.target.id(), "name": name, "opts": opts_json });
     let v = ctx
         .record(F, args, || async {
-            ctx.require(
-                F,
-                &Request::Ssh(&host.target.host),
-                &format!("ssh:{}", host.target.host),
-            )?;
+            require_ssh(&ctx, F, &host)?;
             let a = remote(&ctx, &host, &p, &["status", &dir, &name]).await?;
             if a.state != "HELD" {
                 return Ok(json!({ "held": false }));
             }
-            let mut info = a.info.clone();
-            if let Some(obj) = info.as_object_mut() {
-                obj.remove("token");
-            }
             let stale = staleness(&ctx, &a.info, a.now);
-            Ok(json!({ "held": true, "info": info, "stale": stale.is_some(), "why_stale": stale }))
+            Ok(json!({
+                "held": true,
+                "info": without_token(&a.info),
+                "stale": stale.is_some(),
+                "why_stale": stale,
+            }))
         })
         .await
         .map_err(OpError::into_lua)?;
