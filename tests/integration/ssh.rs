@@ -504,3 +504,65 @@ fn inventory_hosts_given_by_tailscale_name_are_resolved_through_the_cli() {
         .code(3)
         .stderr_has("ssh.hosts needs capability tailscale");
 }
+
+#[test]
+fn accept_new_trusts_a_new_host_once_and_refuses_a_changed_key() {
+    let h = Sshd::start();
+    let other = Sshd::start();
+    let (p, _) = setup(&h);
+    let known = tempfile::NamedTempFile::new().expect("known_hosts");
+    let target = |port: u16, key: &std::path::Path| {
+        format!(
+            "{{host = '127.0.0.1', port = {port}, user = '{}', key = '{}', known_hosts_file = '{}', known_hosts = 'accept-new'}}",
+            h.user(),
+            key.display(),
+            known.path().display()
+        )
+    };
+    // Strict (the default) refuses the unknown host; accept-new records its key.
+    p.script(
+        &format!(
+            "local t = {}\nt.known_hosts = nil\nlocal ok, err = pcall(require('stagecraft/ssh').connect, t)\nprint(err.kind)",
+            target(h.port(), &h.key_path())
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is("host_key_mismatch\n");
+    p.script(
+        &format!(
+            "print(require('stagecraft/ssh').connect({}):run({{'echo', 'first'}}).stdout)",
+            target(h.port(), &h.key_path())
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is("first\n\n");
+    let recorded = std::fs::read_to_string(known.path()).expect("known_hosts");
+    let key_b64 = h
+        .host_key_pub()
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        recorded.contains(&key_b64),
+        "the host key was added: {recorded}"
+    );
+    // Another host answering on that address and port later: its key does not match.
+    let mut lines = String::new();
+    for l in recorded.lines() {
+        lines.push_str(&l.replace(&format!("]:{}", h.port()), &format!("]:{}", other.port())));
+        lines.push('\n');
+    }
+    std::fs::write(known.path(), lines).expect("pretend the first host lived on other's port");
+    p.script(
+        &format!(
+            "local ok, err = pcall(require('stagecraft/ssh').connect, {})\nprint(err.kind)",
+            target(other.port(), &other.key_path())
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is("host_key_mismatch\n");
+}
