@@ -46,6 +46,22 @@ pub fn sortable_id() -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An error and its sources, joined with `: `; a source already contained in the text so far
+/// is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

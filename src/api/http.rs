@@ -143,8 +143,11 @@ async fn send(
         } else {
             kinds::NETWORK
         };
-        OpError::new(kind, format!("{func}: {url}: {}", error_chain(&e)))
-            .hint("is the server up and the URL right?")
+        OpError::new(
+            kind,
+            format!("{func}: {url}: {}", crate::util::error_chain(&e)),
+        )
+        .hint("is the server up and the URL right?")
     })?;
     let status = resp.status().as_u16();
     let mut headers = serde_json::Map::new();
@@ -176,15 +179,4 @@ async fn send(
     }
     let body = String::from_utf8_lossy(&body);
     Ok(json!({ "status": status, "headers": headers, "body": body }))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -323,7 +323,7 @@ impl Pool {
 
 /// Turn an openssh error (and the ssh client's stderr, when there is one) into a kind.
 fn classify(host: &str, e: &openssh::Error, stderr: Option<&str>) -> OpError {
-    let mut text = crate::api::docker::error_chain(e);
+    let mut text = crate::util::error_chain(e);
     if let Some(s) = stderr {
         text.push_str(": ");
         text.push_str(s.trim());

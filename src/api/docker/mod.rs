@@ -80,7 +80,7 @@ impl Engine {
                     .with_timeout(Duration::from_secs(3600));
                 d.negotiate_version()
                     .await
-                    .map_err(|e| self.unreachable(func, &error_chain(&e)))
+                    .map_err(|e| self.unreachable(func, &crate::util::error_chain(&e)))
             })
             .await
     }
@@ -136,7 +136,7 @@ impl Engine {
                 format!("{func}: the engine did not answer in time"),
             ),
             other => {
-                let why = error_chain(&other);
+                let why = crate::util::error_chain(&other);
                 if why.contains("onnection refused")
                     || why.contains("No such file")
                     || why.contains("ermission denied")
@@ -148,20 +148,6 @@ impl Engine {
             }
         }
     }
-}
-
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 pub fn register(lua: &Lua) -> mlua::Result<Table> {
