@@ -18,7 +18,6 @@ use serde_json::json;
 
 use super::opts;
 use super::ssh::{Host, pool, run_argv};
-use crate::runtime::caps::Request;
 use crate::runtime::fault::{OpError, kinds};
 use crate::runtime::value::to_lua;
 use crate::runtime::{RunCtx, ctx};
@@ -151,11 +150,7 @@ fn staleness(ctx: &RunCtx, info: &serde_json::Value, now: i64) -> Option<String>
 
 /// Locks are taken over SSH: the capability is the host's.
 fn require_ssh(ctx: &RunCtx, op: &str, host: &Host) -> Result<(), OpError> {
-    ctx.require(
-        op,
-        &Request::Ssh(&host.target.host),
-        &format!("ssh:{}", host.target.host),
-    )
+    host.target.require(ctx, op)
 }
 
 /// A lock's info for the script and the ledger: the token stays on the host.

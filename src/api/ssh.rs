@@ -108,19 +108,12 @@ fn target_of(
             )));
         }
     };
+    // A jump through an inventory host uses that host's own user, key and known hosts.
     let jump = match &h.jump {
         None => None,
         Some(j) => match inv.get(j) {
-            Some(jh) => {
-                let jt = target_of(inv, jh)?;
-                Some(format!(
-                    "{}{}:{}",
-                    jt.user.map(|u| format!("{u}@")).unwrap_or_default(),
-                    jt.host,
-                    jt.port.unwrap_or(22)
-                ))
-            }
-            None => Some(j.clone()),
+            Some(jh) => Some(Jump::Host(Box::new(target_of(inv, jh)?))),
+            None => Some(Jump::Literal(j.clone())),
         },
     };
     Ok(Target {
@@ -145,8 +138,9 @@ pub struct Target {
     pub user: Option<String>,
     /// Private key file (absolute, or `~/...`).
     pub key: Option<String>,
-    /// `user@host:port` of a jump host.
-    pub jump: Option<String>,
+    /// A jump host: `[user@]host[:port]` (with this target's key and known hosts), or a target
+    /// table of its own (which may have a jump in turn).
+    pub jump: Option<Jump>,
     /// `strict` (default) or `accept-new`.
     pub known_hosts: Option<String>,
     /// A known_hosts file to use instead of the user's.
@@ -157,7 +151,64 @@ pub struct Target {
     pub name: Option<String>,
 }
 
+/// How a target's jump host is given.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Jump {
+    Literal(String),
+    Host(Box<Target>),
+}
+
+impl<'de> Deserialize<'de> for Jump {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Jump, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Jump::Literal(s)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value::<Target>(v)
+                .map(|t| Jump::Host(Box::new(t)))
+                .map_err(|e| D::Error::custom(format!("jump: {e}"))),
+            _ => Err(D::Error::custom(
+                "jump must be \"user@host:port\" or a table {host=, port=, user=, key=, ...}",
+            )),
+        }
+    }
+}
+
+/// Jump chains longer than this are refused (a table could nest without end).
+const MAX_HOPS: usize = 8;
+
 impl Target {
+    /// The jump hosts, the nearest first (the last one is dialled first), each a full target:
+    /// a literal `[user@]host[:port]` takes the key, known hosts and timeout of the host it leads to.
+    pub(crate) fn hops(&self) -> Result<Vec<Target>, String> {
+        let mut chain: Vec<Target> = Vec::new();
+        let mut cur = self.clone();
+        while let Some(j) = cur.jump.take() {
+            if chain.len() == MAX_HOPS {
+                return Err(format!("more than {MAX_HOPS} jump hosts in a chain"));
+            }
+            let hop = match j {
+                Jump::Literal(s) => {
+                    let mut t = Target::parse(&s).map_err(|e| format!("jump '{s}': {e}"))?;
+                    t.key = cur.key.clone();
+                    t.known_hosts = cur.known_hosts.clone();
+                    t.known_hosts_file = cur.known_hosts_file.clone();
+                    t.connect_timeout = cur.connect_timeout;
+                    t
+                }
+                Jump::Host(t) => *t,
+            };
+            let mut plain = hop.clone();
+            plain.jump = None;
+            plain
+                .validate()
+                .map_err(|e| format!("jump host {}: {e}", hop.host))?;
+            chain.push(plain);
+            cur = hop;
+        }
+        Ok(chain)
+    }
+
     /// `user@host:port`, `host:port`, `host`, `[v6]:port`.
     fn parse(s: &str) -> Result<Target, String> {
         let (user, rest) = match s.rsplit_once('@') {
@@ -217,17 +268,41 @@ impl Target {
         {
             return Err("connect_timeout must be a positive number of seconds".into());
         }
+        if self.jump.is_some() {
+            self.hops()?;
+        }
         Ok(())
     }
 
-    /// The key the pool uses: one master per distinct destination.
+    /// The capability to reach this host, and every jump host on the way (`ssh:HOST` each).
+    pub(crate) fn require(&self, ctx: &RunCtx, op: &str) -> Result<(), OpError> {
+        ctx.require(op, &Request::Ssh(&self.host), &format!("ssh:{}", self.host))?;
+        for hop in self
+            .hops()
+            .map_err(|e| OpError::invalid(format!("{op}: {e}")))?
+        {
+            ctx.require(op, &Request::Ssh(&hop.host), &format!("ssh:{}", hop.host))?;
+        }
+        Ok(())
+    }
+
+    /// The key the pool uses: one master per distinct destination and route (the same address
+    /// behind another jump host is another machine).
     pub(crate) fn id(&self) -> String {
-        format!(
-            "{}@{}:{}",
-            self.user.as_deref().unwrap_or(""),
-            self.host,
-            self.port.unwrap_or(22)
-        )
+        let one = |t: &Target| {
+            format!(
+                "{}@{}:{}",
+                t.user.as_deref().unwrap_or(""),
+                t.host,
+                t.port.unwrap_or(22)
+            )
+        };
+        let mut id = one(self);
+        for hop in self.hops().unwrap_or_default() {
+            id.push_str(" via ");
+            id.push_str(&one(&hop));
+        }
+        id
     }
 
     pub(crate) fn display(&self) -> String {
@@ -306,11 +381,36 @@ impl Pool {
         if let Some(idle) = std::num::NonZeroUsize::new(900) {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
-        if let Some(j) = &t.jump {
-            b.jump_hosts([j.as_str()]);
+        // The user's ssh config may not change where or how we connect: the only config read is
+        // the one written here for the jump hosts (ssh hands `-F` on to each hop's own ssh).
+        let hops = t
+            .hops()
+            .map_err(|e| OpError::invalid(format!("ssh {}: {e}", t.display())))?;
+        if hops.is_empty() {
+            b.config_file("/dev/null");
+        } else {
+            let dir = tempfile::Builder::new()
+                .prefix("stagecraft-ssh-")
+                .tempdir()
+                .map_err(|e| {
+                    OpError::new(kinds::IO, format!("ssh: cannot create a temp dir: {e}"))
+                })?;
+            let path = dir.path().join("config");
+            let text = jump_config(&hops)
+                .map_err(|e| OpError::invalid(format!("ssh {}: {e}", t.display())))?;
+            std::fs::write(&path, text).map_err(|e| {
+                OpError::new(
+                    kinds::IO,
+                    format!("ssh: cannot write {}: {e}", path.display()),
+                )
+            })?;
+            b.config_file(&path);
+            b.jump_hosts([hop_alias(0)]);
+            self.forwards
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(dir);
         }
-        // The user's ssh config may not change where or how we connect.
-        b.config_file("/dev/null");
         let session = b
             .connect_mux(&t.host)
             .await
@@ -319,6 +419,61 @@ impl Pool {
         self.sessions.lock().await.insert(id, session.clone());
         Ok(session)
     }
+}
+
+fn hop_alias(i: usize) -> String {
+    format!("stagecraft-jump-{i}")
+}
+
+/// An ssh_config with one `Host` block per jump host (nearest first), each leading through the
+/// next. Values are quoted, and `%` (ssh_config's token character) is doubled.
+fn jump_config(hops: &[Target]) -> Result<String, String> {
+    fn quoted(what: &str, v: &str) -> Result<String, String> {
+        if v.contains(['"', '\n', '\r', '\0']) {
+            return Err(format!(
+                "the jump host's {what} contains a quote or a line break"
+            ));
+        }
+        Ok(format!("\"{}\"", v.replace('%', "%%")))
+    }
+    let mut out = String::from("# written by stagecraft for one run's jump hosts\n");
+    for (i, h) in hops.iter().enumerate() {
+        out.push_str(&format!("Host {}\n", hop_alias(i)));
+        out.push_str(&format!("  HostName {}\n", quoted("host", &h.host)?));
+        out.push_str(&format!("  Port {}\n", h.port.unwrap_or(22)));
+        if let Some(u) = &h.user {
+            out.push_str(&format!("  User {}\n", quoted("user", u)?));
+        }
+        if let Some(k) = &h.key {
+            let k = home_path(k);
+            out.push_str(&format!(
+                "  IdentityFile {}\n  IdentitiesOnly yes\n",
+                quoted("key", &k.to_string_lossy())?
+            ));
+        }
+        if let Some(f) = &h.known_hosts_file {
+            let f = home_path(f);
+            out.push_str(&format!(
+                "  UserKnownHostsFile {}\n",
+                quoted("known_hosts_file", &f.to_string_lossy())?
+            ));
+        }
+        let check = match h.known_hosts.as_deref() {
+            Some("accept-new") => "accept-new",
+            _ => "yes",
+        };
+        out.push_str(&format!(
+            "  StrictHostKeyChecking {check}\n  BatchMode yes\n"
+        ));
+        out.push_str(&format!(
+            "  ConnectTimeout {}\n",
+            h.connect_timeout.unwrap_or(10.0).ceil().max(1.0) as u64
+        ));
+        if i + 1 < hops.len() {
+            out.push_str(&format!("  ProxyJump {}\n", hop_alias(i + 1)));
+        }
+    }
+    Ok(out)
 }
 
 /// Turn an openssh error (and the ssh client's stderr, when there is one) into a kind.
@@ -427,9 +582,19 @@ const PRELUDE: &str = r#"while IFS= read -r __sc_kv && [ -n "$__sc_kv" ]; do exp
 impl Transport for MuxTransport {
     async fn execute(&self, ctx: &RunCtx, spec: CommandSpec) -> Result<Output, OpError> {
         let name = self.host.target.display();
+        // Without environment or directory there is nothing for the prelude to do: the login
+        // shell runs the quoted words itself, one process less on the host for every command.
+        let direct = spec.env.is_empty() && spec.cwd.is_none() && spec.shell.is_none();
         let mut script = PRELUDE.to_string();
-        let mut cmd = self.session.command("sh");
+        let program = match spec.argv.first() {
+            Some(p) if direct => p.as_str(),
+            _ => "sh",
+        };
+        let mut cmd = self.session.command(program);
         match &spec.shell {
+            _ if direct => {
+                cmd.args(&spec.argv[1..]);
+            }
             Some(s) => {
                 script.push_str("exec sh -c \"$1\"");
                 cmd.arg("-c").arg(&script).arg("sh");
@@ -443,17 +608,26 @@ impl Transport for MuxTransport {
                 cmd.args(&spec.argv);
             }
         }
-        cmd.stdin(openssh::Stdio::piped())
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped());
-        let run = async {
-            let mut child = cmd.spawn().await.map_err(|e| classify(&name, &e, None))?;
+        let input = if direct {
+            spec.stdin.clone()
+        } else {
             let mut input = Vec::new();
             for (k, v) in &spec.env {
                 input.extend_from_slice(format!("{k}={v}\n").as_bytes());
             }
             input.push(b'\n');
             input.extend_from_slice(&spec.stdin);
+            input
+        };
+        cmd.stdin(if input.is_empty() {
+            openssh::Stdio::null()
+        } else {
+            openssh::Stdio::piped()
+        })
+        .stdout(openssh::Stdio::piped())
+        .stderr(openssh::Stdio::piped());
+        let run = async {
+            let mut child = cmd.spawn().await.map_err(|e| classify(&name, &e, None))?;
             let mut stdin = child.stdin().take();
             let feed = async move {
                 if let Some(s) = stdin.as_mut() {
@@ -612,7 +786,7 @@ async fn connect(lua: Lua, target: Value) -> mlua::Result<Host> {
     let p = pool(&lua);
     let t2 = t.clone();
     ctx.record(F, json!({ "target": args }), || async {
-        ctx.require(F, &Request::Ssh(&t2.host), &format!("ssh:{}", t2.host))?;
+        t2.require(&ctx, F)?;
         p.session(&t2).await?;
         Ok(json!({ "host": t2.display() }))
     })
@@ -668,11 +842,7 @@ impl Host {
         let p = pool(lua);
         let c2 = ctx.clone();
         ctx.record(op, self.args(args), || async move {
-            c2.require(
-                op,
-                &Request::Ssh(&self.target.host),
-                &format!("ssh:{}", self.target.host),
-            )?;
+            self.target.require(&c2, op)?;
             let session = p.session(&self.target).await?;
             effect(
                 c2.clone(),
@@ -1068,5 +1238,72 @@ mod tests {
         t.host = "ok".into();
         t.known_hosts = Some("yolo".into());
         assert!(t.validate().is_err());
+    }
+
+    #[test]
+    fn jump_chains_inherit_keys_and_become_one_config() {
+        let t: Target = serde_json::from_value(serde_json::json!({
+            "host": "10.0.0.5",
+            "key": "/keys/100%/id",
+            "known_hosts_file": "/kh",
+            "jump": {
+                "host": "bastion.example.com",
+                "user": "ops",
+                "key": "/keys/ops",
+                "jump": "edge@gw.example.com:2200"
+            }
+        }))
+        .unwrap();
+        let hops = t.hops().unwrap();
+        let seen: Vec<_> = hops
+            .iter()
+            .map(|h| (h.user.as_deref(), h.host.as_str(), h.port, h.key.as_deref()))
+            .collect();
+        // The literal hop takes the key of the host it leads to (bastion), not the target's.
+        assert_eq!(
+            seen,
+            [
+                (Some("ops"), "bastion.example.com", None, Some("/keys/ops")),
+                (
+                    Some("edge"),
+                    "gw.example.com",
+                    Some(2200),
+                    Some("/keys/ops")
+                ),
+            ]
+        );
+        let cfg = super::jump_config(&hops).unwrap();
+        assert!(cfg.contains("Host stagecraft-jump-0\n  HostName \"bastion.example.com\"\n  Port 22\n  User \"ops\"\n  IdentityFile \"/keys/ops\"\n"), "{cfg}");
+        assert!(cfg.contains("  ProxyJump stagecraft-jump-1\n"), "{cfg}");
+        assert!(
+            cfg.contains("Host stagecraft-jump-1\n  HostName \"gw.example.com\"\n  Port 2200\n"),
+            "{cfg}"
+        );
+        assert_eq!(cfg.matches("ProxyJump").count(), 1, "{cfg}");
+        // `%` is ssh_config's token character; quotes and line breaks are refused.
+        let mut odd = hops[0].clone();
+        odd.key = Some("/keys/100%/id".into());
+        assert!(
+            super::jump_config(&[odd.clone()])
+                .unwrap()
+                .contains("\"/keys/100%%/id\"")
+        );
+        odd.key = Some("/k\"\n  ProxyCommand x".into());
+        assert!(super::jump_config(&[odd]).is_err());
+        // Unknown fields in a jump table are errors; chains have a limit.
+        let bad = serde_json::from_value::<Target>(
+            serde_json::json!({"host": "a", "jump": {"hots": "b"}}),
+        );
+        assert!(bad.unwrap_err().to_string().contains("hots"));
+        let mut deep = serde_json::json!({"host": "h0"});
+        for i in 1..=9 {
+            deep = serde_json::json!({"host": format!("h{i}"), "jump": deep});
+        }
+        let deep: Target = serde_json::from_value(deep).unwrap();
+        assert!(
+            deep.validate()
+                .unwrap_err()
+                .contains("more than 8 jump hosts")
+        );
     }
 }

@@ -200,6 +200,11 @@ async fn map(lua: Lua, (list, f, o): (Table, Function, Option<Value>)) -> mlua::
         Some(l) => l.clone(),
         None => items.iter().enumerate().map(default_name).collect(),
     };
+    // Results carry a name when there is a real one: a label, or the host an item stands for.
+    let named: Vec<bool> = items
+        .iter()
+        .map(|it| labels.is_some() || host_name(it).is_some())
+        .collect();
     let max_fail = budget.map(|b| b.allowed(n));
     let progress = Progress {
         ctx: ctx.clone(),
@@ -282,8 +287,8 @@ async fn map(lua: Lua, (list, f, o): (Table, Function, Option<Value>)) -> mlua::
     for (i, o) in outcomes.into_iter().enumerate() {
         let r = lua.create_table()?;
         r.set("item_index", i + 1)?;
-        if let Some(l) = &labels {
-            r.set("name", l[i].as_str())?;
+        if named[i] {
+            r.set("name", names[i].as_str())?;
         }
         match o {
             Outcome::Ok(v) => {
@@ -423,7 +428,18 @@ fn default_name((i, item): (usize, &Value)) -> String {
         Value::String(s) => s.to_string_lossy(),
         Value::Integer(n) => n.to_string(),
         Value::Number(n) => n.to_string(),
-        _ => format!("item {}", i + 1),
+        _ => host_name(item).unwrap_or_else(|| format!("item {}", i + 1)),
+    }
+}
+
+/// Fan-outs over hosts name each result after its host.
+fn host_name(item: &Value) -> Option<String> {
+    match item {
+        Value::UserData(ud) => ud
+            .borrow::<crate::api::ssh::Host>()
+            .ok()
+            .map(|h| h.target.display()),
+        _ => None,
     }
 }
 

@@ -679,5 +679,14 @@ fn changes_the_world(op: &str) -> bool {
         op,
         "exec.run" | "fs.write" | "fs.mkdir" | "fs.remove" | "http.get" | "http.post"
     ) || matches!(op, "tailscale.up" | "tailscale.down")
+        || matches!(
+            op,
+            "ssh.run"
+                | "ssh.shell"
+                | "ssh.upload"
+                | "ssh.download"
+                | "lock.acquire"
+                | "lock.release"
+        )
         || crate::api::docker::changes_the_world(op)
 }

@@ -26,6 +26,43 @@ fn declared_caps(source: &str) -> Vec<String> {
         .collect()
 }
 
+/// `-- inventory: ROLE N`: the example needs N hosts with that role. The test starts N real
+/// sshd hosts on loopback and writes a `stagecraft.yml` whose inventory names them `ROLE-1`...
+fn declared_inventory(source: &str) -> Option<(String, usize)> {
+    source
+        .lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with("--"))
+        .find_map(|l| {
+            let rest = l
+                .trim_start_matches('-')
+                .trim()
+                .strip_prefix("inventory:")?;
+            let mut words = rest.split_whitespace();
+            let role = words.next()?.to_string();
+            let n = words.next()?.parse().ok()?;
+            words.next().is_none().then_some((role, n))
+        })
+}
+
+/// Start the hosts an `inventory:` header asks for and describe them in `stagecraft.yml`.
+fn start_inventory(p: &Project, role: &str, n: usize) -> Vec<crate::sshd::Sshd> {
+    let hosts: Vec<_> = (0..n).map(|_| crate::sshd::Sshd::start()).collect();
+    let mut yml = String::from("name: examples\ninventory:\n  hosts:\n");
+    for (i, h) in hosts.iter().enumerate() {
+        yml.push_str(&format!(
+            "    {role}-{}: {{ address: 127.0.0.1, port: {}, user: {}, key: {}, known_hosts_file: {}, roles: [{role}] }}\n",
+            i + 1,
+            h.port(),
+            h.user(),
+            h.key_path().display(),
+            h.known_hosts_path().display()
+        ));
+    }
+    p.write("stagecraft.yml", &yml);
+    hosts
+}
+
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
@@ -70,6 +107,9 @@ fn every_example_runs_with_its_declared_capabilities_and_replays() {
         let p = Project::new();
         copy_tree(&examples_dir(), p.root());
         let caps = declared_caps(&source);
+        let hosts = declared_inventory(&source)
+            .map(|(role, n)| start_inventory(&p, &role, n))
+            .unwrap_or_default();
         let mut args = vec!["run".to_string()];
         for c in &caps {
             args.push("--allow".into());
@@ -83,6 +123,8 @@ fn every_example_runs_with_its_declared_capabilities_and_replays() {
             "example {name} (capabilities {caps:?}) failed\n--- stdout:\n{}\n--- stderr:\n{}",
             out.stdout, out.stderr
         );
+        // A replay connects to nothing: the hosts are gone by then.
+        drop(hosts);
         let replay = p.run(&["replay", "last"]);
         assert_eq!(
             replay.code, 0,
@@ -112,6 +154,21 @@ fn allow_header_is_read_from_the_leading_comments_only() {
         declared_caps("print(1)\n-- allow: exec\n").is_empty(),
         "a comment after the first line of code is not a header"
     );
+}
+
+#[test]
+fn inventory_header_names_a_role_and_a_count() {
+    assert_eq!(
+        declared_inventory("-- allow: ssh\n-- inventory: web 3\nlocal x = 1\n"),
+        Some(("web".to_string(), 3))
+    );
+    assert_eq!(declared_inventory("-- allow: ssh\nprint(1)\n"), None);
+    // A YAML sample in the comments is not the header.
+    assert_eq!(
+        declared_inventory("--   inventory:\n--     hosts:\n-- inventory: db 2\n"),
+        Some(("db".to_string(), 2))
+    );
+    assert_eq!(declared_inventory("print(1)\n-- inventory: web 3\n"), None);
 }
 
 #[test]

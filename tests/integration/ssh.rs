@@ -566,3 +566,131 @@ fn accept_new_trusts_a_new_host_once_and_refuses_a_changed_key() {
     .ok()
     .stdout_is("host_key_mismatch\n");
 }
+
+#[test]
+fn jump_hosts_reach_a_host_only_the_bastion_can_see_with_the_bastions_own_key() {
+    use crate::sshd::NetnsHost;
+    // `inner` listens on the namespace's own loopback: only the bastion (in that namespace) can
+    // reach it. The two have different keys and host keys.
+    let bastion = NetnsHost::start();
+    let inner = bastion.start_inner();
+    let yml = format!(
+        "name: jump\npermissions:\n  - ssh\ninventory:\n  hosts:\n    \
+         bastion: {{ address: {b_ip}, port: 22, user: {user}, key: {b_key}, known_hosts_file: {b_known} }}\n    \
+         inner: {{ address: 127.0.0.1, port: 2222, user: {user}, key: {i_key}, known_hosts_file: {i_known}, jump: bastion }}\n",
+        b_ip = bastion.addr().ip(),
+        user = inner.user(),
+        b_key = bastion.key_path().display(),
+        b_known = bastion.known_hosts_path().display(),
+        i_key = inner.key_path().display(),
+        i_known = inner.known_hosts_path().display(),
+    );
+    let p = Project::new().file("stagecraft.yml", &yml);
+    let direct = format!(
+        "{{host = '127.0.0.1', port = 2222, user = '{}', key = '{}', known_hosts_file = '{}', connect_timeout = 5}}",
+        inner.user(),
+        inner.key_path().display(),
+        inner.known_hosts_path().display()
+    );
+    let jumped = format!(
+        "{{host = '127.0.0.1', port = 2222, user = '{user}', key = '{}', known_hosts_file = '{}', name = 'inner', \
+         jump = {{host = '{}', user = '{user}', key = '{}', known_hosts_file = '{}'}}}}",
+        inner.key_path().display(),
+        inner.known_hosts_path().display(),
+        bastion.addr().ip(),
+        bastion.key_path().display(),
+        bastion.known_hosts_path().display(),
+        user = inner.user(),
+    );
+    let out = p
+        .script(
+            &format!(
+                r#"
+local ssh = require("stagecraft/ssh")
+-- Directly, 127.0.0.1:2222 is this machine's loopback, not the inner host.
+local ok = pcall(ssh.connect, {direct})
+print("direct", ok)
+-- Through the bastion, given as a table with its own key.
+local h = ssh.connect({jumped})
+print("table", h:run({{"sh", "-c", "echo $SSH_CONNECTION | cut -d' ' -f1,3,4"}}).stdout)
+-- From the inventory: `jump: bastion` uses the bastion's key and known hosts.
+local i = ssh.hosts({{names = {{"inner"}}}})[1]
+print("inventory", i:run({{"hostname"}}).code)
+print(i:run({{"cat", "/proc/net/tcp"}}).stdout)
+"#
+            ),
+            &[],
+        )
+        .ok();
+    // The inner host saw the connection come from its own loopback: the bastion made it.
+    assert!(
+        out.stdout
+            .starts_with("direct\tfalse\ntable\t127.0.0.1 127.0.0.1 2222\n\ninventory\t0\n"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // The table and the inventory name the same route: one master, one connection to `inner`.
+    assert_eq!(established_to(&out.stdout, 2222), 1, "{}", out.stdout);
+    // The bastion needs its own capability: granting only the inner host is not enough.
+    let p2 = Project::new().file(
+        "stagecraft.yml",
+        &yml.replace("  - ssh\n", "  - ssh:127.0.0.1\n"),
+    );
+    p2.script(
+        "require('stagecraft/ssh').hosts({names = {'inner'}})[1]:run({'true'})",
+        &[],
+    )
+    .code(3)
+    .stderr_has(&format!("ssh:{}", bastion.addr().ip()));
+}
+
+#[test]
+fn no_remote_command_runs_when_its_intent_cannot_be_recorded() {
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    let marker = h.dir().join("ran");
+    p.script("return 1", &[]).ok();
+    p.db()
+        .execute_batch(
+            "CREATE TRIGGER refuse_ssh BEFORE INSERT ON entries \
+             WHEN NEW.kind = 'call.start' AND NEW.op = 'ssh.run' \
+             BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .expect("add trigger");
+    let out = p
+        .script(
+            &format!(
+                r#"
+local ssh = require("stagecraft/ssh")
+local task = require("stagecraft/task")
+local h = ssh.connect({target})
+local r = task.map({{h}}, function(host) return host:run({{"touch", "{marker}"}}).code end, {{max_fail = 0}})
+print("after", r.results[1].name)
+"#,
+                marker = marker.display()
+            ),
+            &[],
+        )
+        .code(7)
+        .stderr_has("the ledger cannot be written")
+        .stdout_lacks("after");
+    assert!(
+        !marker.exists(),
+        "the remote command ran without its intent recorded: {out:?}"
+    );
+    // Recorded calls of a fan-out name each result after its host.
+    p.db()
+        .execute_batch("DROP TRIGGER refuse_ssh")
+        .expect("drop trigger");
+    p.script(
+        &format!(
+            "local h = require('stagecraft/ssh').connect({target})\n\
+             local r = require('stagecraft/task').map({{h}}, function(x) return x:run({{'true'}}).code end, {{max_fail = 0}})\n\
+             print(r.results[1].name, r.results[1].value)"
+        ),
+        &[],
+    )
+    .ok()
+    .stdout_is("web-1\t0\n");
+}

@@ -355,7 +355,10 @@ impl Sshd {
                 bound = fs::read_to_string(&pidfile)
                     .is_ok_and(|s| s.trim().parse::<u32>().is_ok_and(|p| p == pid));
             }
-            if bound && banner(self.addr()) {
+            // An sshd on a namespace's own loopback cannot be reached from here: its pid file
+            // (written once it listens) is the sign.
+            let unreachable_from_here = self.netns.is_some() && self.opts.listen.is_loopback();
+            if bound && (unreachable_from_here || banner(self.addr())) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -462,6 +465,13 @@ impl NetnsHost {
 
     pub fn sshd(&self) -> &Sshd {
         &self.sshd
+    }
+
+    /// A second sshd inside this namespace, on the namespace's own loopback (`127.0.0.1:2222`
+    /// there) with its own keys: reachable only through this host, e.g. as a jump host, never
+    /// from the root namespace (where 127.0.0.1:2222 is our own loopback).
+    pub fn start_inner(&self) -> Sshd {
+        Sshd::spawn(SshdOptions::default(), Some(2222), Some(self.netns.clone()))
     }
 
     pub fn sshd_mut(&mut self) -> &mut Sshd {
