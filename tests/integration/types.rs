@@ -450,3 +450,24 @@ fn types_merges_an_existing_luaurc_and_refuses_a_broken_one() {
         .code(2)
         .stderr_has("must be inside the project");
 }
+
+#[test]
+fn the_editor_cast_form_runs_and_types_has_help() {
+    // The type annotation that gives editors the module's type is erased at compile time: the
+    // runtime only evaluates `require("stagecraft/exec")`.
+    Project::new()
+        .script(
+            "local exec = require(\"stagecraft/exec\") :: typeof(require(\"@stagecraft/exec\"))\n\
+             print(type(exec.run))\n",
+            &[],
+        )
+        .ok()
+        .stdout_is("function\n");
+    Project::new()
+        .run(&["types", "--help"])
+        .ok()
+        .stdout_has("--check")
+        .stdout_has("--docs <DIR>")
+        .stdout_has("typeof(require(\"@stagecraft/exec\"))");
+    Project::new().run(&["--help"]).ok().stdout_has("types ");
+}
