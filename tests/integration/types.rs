@@ -224,6 +224,18 @@ fn every_registered_function_and_handle_member_has_a_type_and_every_type_exists(
         .map(|(n, _, _)| n.trim_start_matches("stagecraft/").to_string())
         .collect();
     let defined: BTreeSet<String> = defs.iter().map(|m| m.name.clone()).collect();
+    // Line 1 of each file is the module's one-line description, as `stagecraft modules` says it.
+    for (name, _, about) in types::requirable_modules() {
+        let short = name.trim_start_matches("stagecraft/");
+        if let Some(m) = defs.iter().find(|m| m.name == short)
+            && m.doc != about
+        {
+            problems.push(format!(
+                "{}:1 describes the module as '{}', the registry as '{about}': make them the same",
+                m.file, m.doc
+            ));
+        }
+    }
     for m in requirable.difference(&defined) {
         problems.push(format!(
             "module stagecraft/{m} has no stdlib/types/{m}.d.luau"
