@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod project;
 pub mod runtime;
+pub mod types;
 pub mod util;
 
 /// Run the CLI with these arguments; returns the process exit code.

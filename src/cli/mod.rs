@@ -4,6 +4,7 @@ mod ledger_cmd;
 mod lock_cmd;
 mod replay_cmd;
 mod run_cmd;
+mod types_cmd;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// Deploy locks on hosts: who holds one, and breaking a stale one.
     #[command(subcommand)]
     Lock(lock_cmd::LockCommand),
+    /// Write Luau type definitions and a .luaurc for editors (luau-lsp), or the API docs.
+    #[command(after_help = types_cmd::TYPES_HELP)]
+    Types(types_cmd::TypesArgs),
     /// List the modules scripts can require, with their stability.
     Modules {
         /// Machine-readable output.
@@ -158,6 +162,7 @@ where
         Command::Replay(a) => replay_cmd::run(a),
         Command::Lock(c) => lock_cmd::run(c),
         Command::Ledger(c) => ledger_cmd::run(c),
+        Command::Types(a) => types_cmd::run(a),
         Command::Modules { json } => modules(json),
     };
     match result {
@@ -198,45 +203,7 @@ fn init_tracing() {
 
 /// `stagecraft modules`: the Rust primitives (from the one registry) and the embedded stdlib.
 fn modules(json: bool) -> Result<i32, Error> {
-    let mut rows: Vec<(String, &'static str, String)> = crate::api::MODULES
-        .iter()
-        .map(|m| {
-            (
-                format!("stagecraft/{}", m.name),
-                m.stability.as_str(),
-                m.about.to_string(),
-            )
-        })
-        .collect();
-    for f in crate::runtime::loader::STDLIB
-        .get_dir("stagecraft")
-        .map(|d| d.files().collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let Some(stem) = f.path().file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        // The first comment line of a Luau module is its one-line description.
-        let about = f
-            .contents_utf8()
-            .and_then(|t| t.lines().find(|l| l.starts_with("-- ")))
-            .map(|l| {
-                let l = l.trim_start_matches("-- ");
-                let prefix = format!("stagecraft/{stem}: ");
-                l.strip_prefix(prefix.as_str()).unwrap_or(l).to_string()
-            })
-            .unwrap_or_default();
-        // A `-- stability: experimental` line marks a Luau module that is not stable yet.
-        let experimental = f
-            .contents_utf8()
-            .is_some_and(|t| t.lines().any(|l| l.trim() == "-- stability: experimental"));
-        let stability = if experimental {
-            "experimental"
-        } else {
-            "stable"
-        };
-        rows.push((format!("stagecraft/{stem}"), stability, about));
-    }
+    let rows = crate::types::requirable_modules();
     if json {
         let v: Vec<_> = rows
             .iter()

@@ -20,3 +20,4 @@ mod specs;
 mod ssh;
 mod sshd;
 mod tailscale;
+mod types;
