@@ -39,6 +39,8 @@ pub struct Host {
     pub known_hosts_file: Option<String>,
     /// Another inventory host's name, or a literal `[user@]host[:port]`.
     pub jump: Option<String>,
+    /// ssh's `KexAlgorithms` list for this host (None: the ssh client's default).
+    pub kex: Option<String>,
     pub roles: Vec<String>,
     pub env: Option<String>,
 }
@@ -253,6 +255,8 @@ struct RawDefaults {
     known_hosts_file: Option<Spanned<String>>,
     #[serde(default)]
     jump: Option<Spanned<String>>,
+    #[serde(default)]
+    kex: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +278,8 @@ struct RawHost {
     known_hosts_file: Option<Spanned<String>>,
     #[serde(default)]
     jump: Option<Spanned<String>>,
+    #[serde(default)]
+    kex: Option<Spanned<String>>,
     #[serde(default)]
     roles: Vec<Spanned<String>>,
     #[serde(default)]
@@ -398,6 +404,15 @@ fn word(path: &str, what: &str, s: &Spanned<String>) -> Result<String, Inventory
     Ok(s.value.clone())
 }
 
+/// An ssh `KexAlgorithms` list: algorithm names separated by commas, optionally with a leading
+/// `+`, `-` or `^` (append, remove, prefer), as ssh_config takes it.
+fn kex(path: &str, k: &Spanned<String>) -> Result<String, InventoryError> {
+    match crate::util::check_kex(&k.value) {
+        Ok(()) => Ok(k.value.clone()),
+        Err(why) => invalid(path, &k.referenced, why),
+    }
+}
+
 fn port(path: &str, p: &Spanned<i64>) -> Result<u16, InventoryError> {
     match u16::try_from(p.value) {
         Ok(n) if n > 0 => Ok(n),
@@ -503,6 +518,12 @@ impl RawInventory {
             .known_hosts_file
             .as_ref()
             .map(|k| word(&format!("{dp}.known_hosts_file"), "known_hosts_file", k))
+            .transpose()?;
+
+        let d_kex = d
+            .kex
+            .as_ref()
+            .map(|k| kex(&format!("{dp}.kex"), k))
             .transpose()?;
 
         let names: Vec<&str> = self.hosts.0.iter().map(|(k, _)| k.value.as_str()).collect();
@@ -612,6 +633,10 @@ impl RawInventory {
                     None => d_known_file.clone(),
                 },
                 jump,
+                kex: match &h.kex {
+                    Some(k) => Some(kex(&format!("{hp}.kex"), k)?),
+                    None => d_kex.clone(),
+                },
                 roles,
                 env: h
                     .env
@@ -758,6 +783,7 @@ inventory:
                 known_hosts: "strict".into(),
                 known_hosts_file: None,
                 jump: None,
+                kex: None,
                 roles: vec!["web".into()],
                 env: Some("production".into()),
             }

@@ -81,3 +81,23 @@ mod tests {
         assert_eq!(did_you_mean("zzz", &["image", "name"]), None);
     }
 }
+
+/// Check an ssh `KexAlgorithms` value: algorithm names (letters, digits, `-`, `.`, `@`)
+/// separated by commas, with an optional leading `+`, `-` or `^` as ssh_config allows.
+pub fn check_kex(v: &str) -> Result<(), String> {
+    let list = v.strip_prefix(['+', '-', '^']).unwrap_or(v);
+    let ok = !list.is_empty()
+        && list.split(',').all(|a| {
+            !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '@'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "kex must be a comma-separated list of key exchange algorithms, e.g. \
+             \"curve25519-sha256\" (see `ssh -Q kex`), found {v:?}"
+        ))
+    }
+}

@@ -124,6 +124,7 @@ fn target_of(
         jump,
         known_hosts: Some(h.known_hosts.clone()),
         known_hosts_file: h.known_hosts_file.clone(),
+        kex: h.kex.clone(),
         name: Some(h.name.clone()),
         ..Target::default()
     })
@@ -147,6 +148,8 @@ pub struct Target {
     pub known_hosts_file: Option<String>,
     /// Seconds (default 10).
     pub connect_timeout: Option<f64>,
+    /// ssh's `KexAlgorithms` (default: the ssh client's own list).
+    pub kex: Option<String>,
     /// A display name (default: the host).
     pub name: Option<String>,
 }
@@ -194,6 +197,7 @@ impl Target {
                     t.known_hosts = cur.known_hosts.clone();
                     t.known_hosts_file = cur.known_hosts_file.clone();
                     t.connect_timeout = cur.connect_timeout;
+                    t.kex = cur.kex.clone();
                     t
                 }
                 Jump::Host(t) => *t,
@@ -268,6 +272,9 @@ impl Target {
         {
             return Err("connect_timeout must be a positive number of seconds".into());
         }
+        if let Some(k) = &self.kex {
+            crate::util::check_kex(k)?;
+        }
         if self.jump.is_some() {
             self.hops()?;
         }
@@ -301,6 +308,11 @@ impl Target {
         for hop in self.hops().unwrap_or_default() {
             id.push_str(" via ");
             id.push_str(&one(&hop));
+        }
+        // A connection asked to use other key exchange algorithms is another connection.
+        if let Some(k) = &self.kex {
+            id.push_str(" kex ");
+            id.push_str(k);
         }
         id
     }
@@ -382,11 +394,11 @@ impl Pool {
             b.control_persist(openssh::ControlPersist::IdleFor(idle));
         }
         // The user's ssh config may not change where or how we connect: the only config read is
-        // the one written here for the jump hosts (ssh hands `-F` on to each hop's own ssh).
+        // the one written here for the jump hosts and `kex` (ssh hands `-F` on to each hop's ssh).
         let hops = t
             .hops()
             .map_err(|e| OpError::invalid(format!("ssh {}: {e}", t.display())))?;
-        if hops.is_empty() {
+        if hops.is_empty() && t.kex.is_none() {
             b.config_file("/dev/null");
         } else {
             let dir = tempfile::Builder::new()
@@ -396,7 +408,7 @@ impl Pool {
                     OpError::new(kinds::IO, format!("ssh: cannot create a temp dir: {e}"))
                 })?;
             let path = dir.path().join("config");
-            let text = jump_config(&hops)
+            let text = session_config(t, &hops)
                 .map_err(|e| OpError::invalid(format!("ssh {}: {e}", t.display())))?;
             std::fs::write(&path, text).map_err(|e| {
                 OpError::new(
@@ -405,7 +417,9 @@ impl Pool {
                 )
             })?;
             b.config_file(&path);
-            b.jump_hosts([hop_alias(0)]);
+            if !hops.is_empty() {
+                b.jump_hosts([hop_alias(0)]);
+            }
             self.forwards
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -423,6 +437,18 @@ impl Pool {
 
 fn hop_alias(i: usize) -> String {
     format!("stagecraft-jump-{i}")
+}
+
+/// The run's ssh config for one destination: its jump hosts, then what applies to every
+/// connection it makes (the target's `kex`; ssh_config takes the first value it reads, so a jump
+/// host's own `kex` in its block wins over it).
+fn session_config(t: &Target, hops: &[Target]) -> Result<String, String> {
+    let mut out = jump_config(hops)?;
+    if let Some(k) = &t.kex {
+        crate::util::check_kex(k)?;
+        out.push_str(&format!("Host *\n  KexAlgorithms {k}\n"));
+    }
+    Ok(out)
 }
 
 /// An ssh_config with one `Host` block per jump host (nearest first), each leading through the
@@ -469,6 +495,10 @@ fn jump_config(hops: &[Target]) -> Result<String, String> {
             "  ConnectTimeout {}\n",
             h.connect_timeout.unwrap_or(10.0).ceil().max(1.0) as u64
         ));
+        if let Some(k) = &h.kex {
+            crate::util::check_kex(k)?;
+            out.push_str(&format!("  KexAlgorithms {k}\n"));
+        }
         if i + 1 < hops.len() {
             out.push_str(&format!("  ProxyJump {}\n", hop_alias(i + 1)));
         }
@@ -1272,7 +1302,15 @@ mod tests {
                 ),
             ]
         );
-        let cfg = super::jump_config(&hops).unwrap();
+        let mut t = t;
+        t.kex = Some("curve25519-sha256".into());
+        let cfg = super::session_config(&t, &hops).unwrap();
+        assert!(
+            cfg.ends_with("Host *\n  KexAlgorithms curve25519-sha256\n"),
+            "{cfg}"
+        );
+        t.kex = Some("curve25519-sha256\n  ProxyCommand x".into());
+        assert!(super::session_config(&t, &hops).is_err());
         assert!(cfg.contains("Host stagecraft-jump-0\n  HostName \"bastion.example.com\"\n  Port 22\n  User \"ops\"\n  IdentityFile \"/keys/ops\"\n"), "{cfg}");
         assert!(cfg.contains("  ProxyJump stagecraft-jump-1\n"), "{cfg}");
         assert!(

@@ -36,7 +36,7 @@ fn an_unknown_key_names_its_position_and_a_suggestion() {
         .code(2)
         .stderr_has("stagecraft.yml:4:34: unknown key 'prot' (did you mean 'port'?)")
         .stderr_has(
-            "hint: known keys here: address, tailscale, port, user, key, known_hosts, known_hosts_file, jump, roles, env",
+            "hint: known keys here: address, tailscale, port, user, key, known_hosts, known_hosts_file, jump, kex, roles, env",
         )
         .stdout_lacks("ran");
 }

@@ -694,3 +694,50 @@ print("after", r.results[1].name)
     .ok()
     .stdout_is("web-1\t0\n");
 }
+
+#[test]
+fn kex_chooses_the_key_exchange_and_a_bad_one_is_refused() {
+    let h = Sshd::start();
+    let (p, target) = setup(&h);
+    let with = |kex: &str| target.replacen('{', &format!("{{kex = '{kex}', "), 1);
+    let out = p
+        .script(
+            &format!(
+                r#"
+local ssh = require("stagecraft/ssh")
+print(ssh.connect({classic}):run({{"echo", "ok"}}).stdout)
+local ok, err = pcall(ssh.connect, {unknown})
+print(ok, err.kind)
+ok, err = pcall(ssh.connect, {bad})
+print(ok, err.kind, err.message)
+"#,
+                classic = with("curve25519-sha256"),
+                unknown = with("no-such-kex@example.com"),
+                bad = with("curve25519 sha256"),
+            ),
+            &[],
+        )
+        .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "ok", "{}", out.stdout);
+    // An algorithm ssh does not know reaches ssh (which refuses it); a malformed list does not.
+    assert!(lines[2].starts_with("false\t"), "{}", out.stdout);
+    assert!(
+        lines[3].starts_with(
+            "false\tinvalid_argument\tssh.connect: kex must be a comma-separated list"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        p.db()
+            .query_row(
+                "SELECT count(*) FROM entries WHERE op = 'ssh.connect' AND kind = 'call'",
+                [],
+                |r| r.get::<_, i64>(0)
+            )
+            .expect("count"),
+        2,
+        "the malformed kex is refused before anything is recorded"
+    );
+}
