@@ -30,11 +30,16 @@ pub fn run(a: RunArgs) -> Result<i32, Error> {
     let project = Project::discover(&cwd()?)?;
     let script = engine::load_script(&project, &a.file, a.args)?;
     let outcome = engine::run_live(project, &settings, script)?;
-    if a.json {
-        print_json(&outcome);
+    Ok(report(&outcome, a.json))
+}
+
+/// Print a finished run's outcome (JSON, or its error and status); returns its exit code.
+pub(super) fn report(outcome: &engine::Outcome, json: bool) -> i32 {
+    if json {
+        print_json(outcome);
     } else if let Some(e) = &outcome.error {
         eprintln!("{e}");
         eprintln!("run {} {}", outcome.run_id, outcome.status.as_str());
     }
-    Ok(outcome.exit_code)
+    outcome.exit_code
 }
