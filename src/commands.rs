@@ -79,8 +79,47 @@ pub fn discover(root: &Path, builtins: &[&str]) -> Discovered {
         .filter(|p| p.extension().is_some_and(|x| x == "luau"))
         .collect();
     files.sort();
-    for path in files {
-        match read_command(root, &path, builtins) {
+    // Each file has its own state: read them on a few threads at once.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8)
+        .min(files.len())
+        .max(1);
+    let per = files.len().div_ceil(workers);
+    let results: Vec<Result<TeamCommand, Problem>> = if workers == 1 {
+        files
+            .iter()
+            .map(|f| read_command(root, f, builtins))
+            .collect()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .chunks(per.max(1))
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|f| read_command(root, f, builtins))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(Problem {
+                            name: String::new(),
+                            message: format!("{COMMANDS_DIR}: reading the command files failed"),
+                        })]
+                    })
+                })
+                .collect()
+        })
+    };
+    for r in results {
+        match r {
             Ok(c) => out.commands.push(c),
             Err(p) => out.problems.push(p),
         }

@@ -5,26 +5,12 @@
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
-use super::{LedgerArg, LimitArgs, cwd};
+use super::{RunOptions, cwd};
 use crate::api::command::{ArgSpec, ArgType, CommandSpec, value_text};
 use crate::commands::{self, COMMANDS_DIR, Discovered, TeamCommand};
 use crate::engine::{self, CommandCall};
 use crate::error::Error;
 use crate::project::Project;
-
-// The options every team command has besides its own arguments. (A doc comment here would
-// become the `about` of every team command.)
-#[derive(Args, Debug)]
-#[command(next_help_heading = "Run options")]
-pub struct RunOptions {
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub ledger: LedgerArg,
-    /// Print the outcome as JSON on stdout (script output goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// The project and the team commands found in it.
 pub struct Team {
@@ -46,10 +32,17 @@ pub fn builtin_names(cli: &Command) -> Vec<String> {
 pub fn discover(builtins: &[String]) -> Team {
     let names: Vec<&str> = builtins.iter().map(String::as_str).collect();
     let project = cwd().and_then(|d| Project::discover(&d));
+    let started = std::time::Instant::now();
     let found = match &project {
         Ok(p) => commands::discover(&p.root, &names),
         Err(_) => Discovered::default(),
     };
+    tracing::debug!(
+        commands = found.commands.len(),
+        problems = found.problems.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "team commands read"
+    );
     Team { project, found }
 }
 
@@ -178,7 +171,7 @@ fn subcommand(c: &TeamCommand) -> Command {
         cmd = cmd.arg(arg(a));
     }
     // After the flattened run options, whose doc comments would otherwise set `about`.
-    RunOptions::augment_args(cmd)
+    RunOptions::augment_args(cmd.next_help_heading("Run options"))
         .about(leak(spec.about.clone()))
         .after_help(leak(format!(
             "A team command, defined in {}. Capabilities come from `permissions:` in \

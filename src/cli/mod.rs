@@ -91,6 +91,18 @@ pub struct LimitArgs {
     pub timeout: Option<f64>,
 }
 
+/// What every command that runs a script takes: grants, limits, the ledger and `--json`.
+#[derive(Args, Debug)]
+pub struct RunOptions {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArg,
+    /// Print the outcome as JSON on stdout (script output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Where the ledger lives.
 #[derive(Args, Debug, Clone)]
 pub struct LedgerArg {
