@@ -163,7 +163,12 @@ where
         None
     } else {
         let team = commands::discover(&builtins);
-        if let Some(e) = team.problem(first) {
+        // A broken file standing for the word typed names its problem (`help` and options are
+        // never a team command's name).
+        if first != "help"
+            && !first.starts_with('-')
+            && let Some(e) = team.problem(first)
+        {
             eprintln!("{e}");
             return e.exit_code();
         }

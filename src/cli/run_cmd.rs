@@ -17,15 +17,18 @@ pub struct RunArgs {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
     #[command(flatten)]
-    pub run: RunOptions,
+    pub options: RunOptions,
 }
 
 pub fn run(a: RunArgs) -> Result<i32, Error> {
-    let settings = a.run.limits.settings(&a.run.ledger, a.run.json)?;
+    let settings = a
+        .options
+        .limits
+        .settings(&a.options.ledger, a.options.json)?;
     let project = Project::discover(&cwd()?)?;
     let script = engine::load_script(&project, &a.file, a.args)?;
     let outcome = engine::run_live(project, &settings, script)?;
-    Ok(report(&outcome, a.run.json))
+    Ok(report(&outcome, a.options.json))
 }
 
 /// Print a finished run's outcome (JSON, or its error and status); returns its exit code.

@@ -235,6 +235,15 @@ fn a_command_run_is_recorded_and_replays_without_live_calls() {
         &STAMP.replace("echo done", "echo changed"),
     );
     p.run(&["replay", "last"]).ok().stderr_has("no divergence");
+    // The changed file itself, replayed against the recording, departs from it.
+    p.run(&[
+        "replay",
+        "last",
+        "--script",
+        ".stagecraft/commands/stamp.luau",
+    ])
+    .code(5)
+    .stderr_has("DIVERGED after 0 matching calls");
     // A live re-run records a new run of the same command with the same arguments.
     p.run(&["replay", "last", "--live"]).ok();
     assert_eq!(p.read("stamps.txt"), "first one\nfirst one\n");
@@ -282,7 +291,13 @@ fn broken_command_files_are_named_by_file_and_line_and_break_nothing_else() {
         ("fails", "local x = nil\nreturn x.y\n"),
         ("plain", "return { name = \"plain\" }\n"),
         ("Bad_Name", "return 1\n"),
+        (
+            "help",
+            "local command = require(\"stagecraft/command\")\nreturn command{ name = \"help\", about = \"x\", run = function() end }\n",
+        ),
     ]);
+    // A file whose name is an option is not a command either.
+    p.write(".stagecraft/commands/--help.luau", "return 1\n");
     p.write(".stagecraft/commands/notes.txt", "not a command");
     let help = p.run(&["--help"]).ok();
     let help = help
@@ -309,10 +324,15 @@ fn broken_command_files_are_named_by_file_and_line_and_break_nothing_else() {
         );
     assert_eq!(
         help.stdout.matches("warning:").count(),
-        7,
+        9,
         "{}",
         help.stdout
     );
+    let help = help.stdout_has(
+        "  warning: .stagecraft/commands/help.luau:2: command 'help' clashes with the built-in \
+         `stagecraft help`: rename the file and its name\n",
+    );
+    p.run(&["help"]).ok().stdout_is(&help.stdout);
     // The good command and the built-ins still work.
     p.run(&["greet", "ann"]).ok().stdout_is("hello, ann\n");
     p.write("hi.luau", "print('built-in run')");
