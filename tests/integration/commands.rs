@@ -494,6 +494,14 @@ return command{
     p.script("print(require(\"@lib/text\").about)", &[])
         .ok()
         .stdout_is("Say hey\n");
+    // So can installed recipe packages.
+    p.write(
+        ".stagecraft/recipes/pkg/init.luau",
+        "return { about = require(\"@lib/text\").about .. \" (from a recipe)\" }\n",
+    );
+    p.script("print(require(\"pkg\").about)", &[])
+        .ok()
+        .stdout_is("Say hey (from a recipe)\n");
     p.script("require(\"@lib/missing\")", &[])
         .code(1)
         .stderr_has("require: no module '@lib/missing' (looked for .stagecraft/lib/missing.luau, .lua and /init.luau)");
