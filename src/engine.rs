@@ -77,6 +77,15 @@ pub struct Script {
     /// Recorded module sources to use instead of files (replay and `--live` re-runs).
     pub overlay: HashMap<String, String>,
     pub replay_of: Option<String>,
+    /// A team command: the chunk returns `command{...}` and its `run` gets these arguments.
+    pub command: Option<CommandCall>,
+}
+
+/// How a team command was called: its name and the parsed, typed arguments (a JSON object).
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandCall {
+    pub name: String,
+    pub args: serde_json::Value,
 }
 
 pub fn ledger_paths(project: &Project, settings: &Settings) -> LedgerPaths {
@@ -129,6 +138,7 @@ pub fn load_script(project: &Project, path: &Path, args: Vec<String>) -> Result<
         args,
         overlay: HashMap::new(),
         replay_of: None,
+        command: None,
     })
 }
 
@@ -245,6 +255,7 @@ pub fn run_live(project: Project, settings: &Settings, script: Script) -> Result
         "grants": grants.list(),
         "limits": { "cpu_seconds": settings.cpu_limit, "memory_mb": settings.memory_limit_mb, "timeout_seconds": settings.timeout },
         "replay_of": script.replay_of,
+        "command": script.command,
     });
     let started = Instant::now();
     writer.push(Pending::marker(
@@ -363,8 +374,18 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
                 structured: false,
                 traceback: String::new(),
             })?;
-        let args = args_table(&lua, &script.args)
-            .map_err(|e| fail(OpError::new("internal", e.to_string())))?;
+        let (main, args) = match &script.command {
+            None => (main, args_table(&lua, &script.args)),
+            Some(call) => (
+                command_main(&lua, main, &script.chunk, &call.name)
+                    .map_err(|e| fail(OpError::new("internal", e.to_string())))?,
+                crate::runtime::value::to_lua(&lua, &call.args).and_then(|v| match v {
+                    Value::Table(t) => Ok(t),
+                    _ => lua.create_table(),
+                }),
+            ),
+        };
+        let args = args.map_err(|e| fail(OpError::new("internal", e.to_string())))?;
         let main_task = TaskState::new("main".into());
         let thread = lua
             .create_thread(built.runner.clone())
@@ -441,6 +462,41 @@ fn execute(ctx: &Arc<RunCtx>, script: &Script, memory_limit_mb: u64) -> ExecResu
         ctx.finalize(Duration::from_secs(30)).await;
         result
     })
+}
+
+/// Calls a team command's `run(args)`: the chunk must return the descriptor of `name`.
+const COMMAND_MAIN: &str = r#"
+local chunk, resolve = ...
+return function(args)
+  return resolve(chunk())(args)
+end
+"#;
+
+/// The main function of a team command run: evaluate the file, check its descriptor, call `run`.
+fn command_main(
+    lua: &mlua::Lua,
+    chunk: mlua::Function,
+    file: &str,
+    name: &str,
+) -> mlua::Result<mlua::Function> {
+    let (file, name) = (file.to_string(), name.to_string());
+    let resolve = lua.create_function(move |_, v: Value| {
+        let got = match &v {
+            Value::UserData(ud) => match ud.borrow::<crate::api::command::Descriptor>() {
+                Ok(d) if d.spec.name == name => return Ok(d.run.clone()),
+                Ok(d) => format!("the command '{}'", d.spec.name),
+                Err(_) => "a userdata".to_string(),
+            },
+            other => other.type_name().to_string(),
+        };
+        Err(OpError::invalid(format!(
+            "{file}: must return the command{{ name = \"{name}\", ... }} it is run as, but returned {got}"
+        ))
+        .into_lua())
+    })?;
+    lua.load(COMMAND_MAIN)
+        .set_name("=stagecraft/runner")
+        .call((chunk, resolve))
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {
@@ -651,8 +707,16 @@ pub fn recorded_script(
                 args,
                 overlay: HashMap::new(),
                 replay_of: None,
+                command: None,
             }
         }
+    };
+    script.command = match &meta["command"] {
+        serde_json::Value::Null => None,
+        c => Some(CommandCall {
+            name: c["name"].as_str().unwrap_or_default().to_string(),
+            args: c["args"].clone(),
+        }),
     };
     script.overlay = overlay;
     script.replay_of = Some(run_id.to_string());

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod commands;
 pub mod compose;
 pub mod engine;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The one list of Rust primitives exposed to scripts as `stagecraft/<name>`.
 
+pub mod command;
 pub mod compose_file;
 pub mod docker;
 pub mod errors;
@@ -129,6 +130,12 @@ pub static MODULES: &[Module] = &[
         register: lock::register,
         stability: Stability::Experimental,
         about: "deploy locks on hosts: acquire, release, status (capability ssh[:HOST])",
+    },
+    Module {
+        name: "command",
+        register: command::register,
+        stability: Stability::Experimental,
+        about: "declare a team command (.stagecraft/commands/NAME.luau): command{...}",
     },
     Module {
         name: "ledger",

@@ -98,13 +98,32 @@ fn ls(a: LsArgs) -> Result<i32, Error> {
                 .unwrap_or_else(|| "-".into()),
             r.calls,
             rfc3339(r.started_at),
-            r.script,
+            command_line(&r.meta).unwrap_or(r.script),
             r.replay_of
                 .map(|o| format!(" (re-run of {o})"))
                 .unwrap_or_default()
         );
     }
     Ok(exit::OK)
+}
+
+/// A team command run as it was typed: `stagecraft NAME ARG...` (None for a script run).
+fn command_line(meta: &serde_json::Value) -> Option<String> {
+    let name = meta["command"]["name"].as_str()?;
+    let mut line = format!("stagecraft {name}");
+    for a in meta["args"].as_array().into_iter().flatten() {
+        let a = a.as_str().unwrap_or_default();
+        line.push(' ');
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c))
+        {
+            line.push_str(a);
+        } else {
+            line.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
+        }
+    }
+    Some(line)
 }
 
 fn show(a: ShowArgs) -> Result<i32, Error> {
@@ -138,6 +157,9 @@ fn show(a: ShowArgs) -> Result<i32, Error> {
             rfc3339(end),
             (end - run.started_at) / 1000
         );
+    }
+    if let Some(c) = command_line(m) {
+        println!("command   {c}");
     }
     println!("args      {}", m["args"]);
     let dirty = run

@@ -74,6 +74,7 @@ pub fn run(cmd: LockCommand) -> Result<i32, Error> {
         args,
         overlay: HashMap::new(),
         replay_of: None,
+        command: None,
     };
     let outcome = engine::run_live(project, &settings, script)?;
     if a.json {

@@ -1,5 +1,6 @@
 //! Command-line definitions. No business logic here: each subcommand calls into the engine.
 
+mod commands;
 mod ledger_cmd;
 mod lock_cmd;
 mod replay_cmd;
@@ -8,7 +9,7 @@ mod types_cmd;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::engine::Settings;
 use crate::error::{Error, exit};
@@ -94,6 +95,18 @@ pub struct LimitArgs {
     pub timeout: Option<f64>,
 }
 
+/// What every command that runs a script takes: grants, limits, the ledger and `--json`.
+#[derive(Args, Debug)]
+pub struct RunOptions {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArg,
+    /// Print the outcome as JSON on stdout (script output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Where the ledger lives.
 #[derive(Args, Debug, Clone)]
 pub struct LedgerArg {
@@ -131,14 +144,63 @@ impl LimitArgs {
     }
 }
 
+/// What the command line asks for: a built-in command, or a team command and its arguments.
+enum Parsed {
+    Builtin(Cli),
+    Team(String, clap::ArgMatches),
+}
+
 pub fn main<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
     init_tracing();
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
+    let argv: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let base = Cli::command();
+    let builtins = commands::builtin_names(&base);
+    let first = argv.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    // Team commands are read only when the command line may name one (or asks for help), so a
+    // built-in command pays nothing for them.
+    let team = if first != "help" && builtins.iter().any(|b| b == first) {
+        commands::warn_if_shadowed(first, &builtins);
+        None
+    } else {
+        let team = commands::discover(&builtins);
+        // A broken file standing for the word typed names its problem (`help` and options are
+        // never a team command's name).
+        if first != "help"
+            && !first.starts_with('-')
+            && let Some(e) = team.problem(first)
+        {
+            eprintln!("{e}");
+            return e.exit_code();
+        }
+        Some(team)
+    };
+    let cmd = match &team {
+        Some(t) => t.augment(base, EXIT_CODES, &argv),
+        None => base,
+    };
+    let parsed = cmd
+        .try_get_matches_from(&argv)
+        .and_then(|m| match (&team, m.subcommand()) {
+            (Some(t), Some((name, sub))) if t.is_team_command(name) => {
+                Ok(Parsed::Team(name.to_string(), sub.clone()))
+            }
+            _ => Cli::from_arg_matches(&m).map(Parsed::Builtin),
+        });
+    let cli = match parsed {
+        Ok(Parsed::Builtin(c)) => c,
+        Ok(Parsed::Team(name, sub)) => {
+            let rest = argv
+                .iter()
+                .skip(2)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let team = team.unwrap_or_else(|| commands::discover(&builtins));
+            return finish(team.run(&name, &sub, rest));
+        }
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
@@ -157,14 +219,18 @@ where
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let result = match cli.command {
+    finish(match cli.command {
         Command::Run(a) => run_cmd::run(a),
         Command::Replay(a) => replay_cmd::run(a),
         Command::Lock(c) => lock_cmd::run(c),
         Command::Ledger(c) => ledger_cmd::run(c),
         Command::Types(a) => types_cmd::run(a),
         Command::Modules { json } => modules(json),
-    };
+    })
+}
+
+/// A command's exit code, printing its error first.
+fn finish(result: Result<i32, Error>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {

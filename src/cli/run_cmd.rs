@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{LedgerArg, LimitArgs, cwd, print_json};
+use super::{RunOptions, cwd, print_json};
 use crate::engine;
 use crate::error::Error;
 use crate::project::Project;
@@ -17,24 +17,27 @@ pub struct RunArgs {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
     #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub ledger: LedgerArg,
-    /// Print the outcome as JSON on stdout (script output goes to stderr).
-    #[arg(long)]
-    pub json: bool,
+    pub options: RunOptions,
 }
 
 pub fn run(a: RunArgs) -> Result<i32, Error> {
-    let settings = a.limits.settings(&a.ledger, a.json)?;
+    let settings = a
+        .options
+        .limits
+        .settings(&a.options.ledger, a.options.json)?;
     let project = Project::discover(&cwd()?)?;
     let script = engine::load_script(&project, &a.file, a.args)?;
     let outcome = engine::run_live(project, &settings, script)?;
-    if a.json {
-        print_json(&outcome);
+    Ok(report(&outcome, a.options.json))
+}
+
+/// Print a finished run's outcome (JSON, or its error and status); returns its exit code.
+pub(super) fn report(outcome: &engine::Outcome, json: bool) -> i32 {
+    if json {
+        print_json(outcome);
     } else if let Some(e) = &outcome.error {
         eprintln!("{e}");
         eprintln!("run {} {}", outcome.run_id, outcome.status.as_str());
     }
-    Ok(outcome.exit_code)
+    outcome.exit_code
 }

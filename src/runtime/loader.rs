@@ -1,7 +1,9 @@
 //! `require`: `stagecraft/<module>` (Rust modules and the embedded stdlib), paths relative to the
-//! requiring script inside the project, and installed recipe packages. Nothing else is readable:
-//! not `.env` (secrets), not `.stagecraft/` outside installed recipes, not a file a symlink takes
-//! out of the project, and only `.luau`/`.lua` files.
+//! requiring script inside the project, the project's shared helpers `@lib/NAME`
+//! (`.stagecraft/lib/NAME.luau`) and installed recipe packages. Nothing else is readable:
+//! not `.env` (secrets), not `.stagecraft/` outside `lib/` and installed recipes, not a file a
+//! symlink takes out of the project (or, for `@lib`, out of `.stagecraft/lib/`), and only
+//! `.luau`/`.lua` files.
 //!
 //! Each module runs in its own global environment that reads through to the sandbox's globals, so
 //! globals one script sets never leak into another module. A module being loaded by one task is
@@ -190,7 +192,8 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
     let ctx = super::ctx(&lua)?;
     ctx.stop.check().map_err(OpError::into_lua)?;
     let caller = caller_chunk(&lua);
-    let (key, source) = resolve(&ctx, &name, caller.as_deref()).map_err(OpError::into_lua)?;
+    let (key, source) = resolve(&ctx.project.root, &ctx.overlay, &name, caller.as_deref())
+        .map_err(OpError::into_lua)?;
 
     let loaded = loaded_table(&lua)?;
     let loading = loading(&lua)?;
@@ -245,7 +248,7 @@ pub async fn require(lua: Lua, name: String) -> mlua::Result<Value> {
 
 /// A fresh global environment for one module: its own writes stay in it, reads fall through to
 /// the sandbox's (read-only) globals.
-fn module_env(lua: &Lua) -> mlua::Result<Table> {
+pub(crate) fn module_env(lua: &Lua) -> mlua::Result<Table> {
     let globals: Table = lua.named_registry_value(GLOBALS)?;
     let meta = lua.create_table()?;
     meta.raw_set("__index", globals)?;
@@ -268,7 +271,7 @@ fn loaded_table(lua: &Lua) -> mlua::Result<Table> {
 
 /// The chunk name (project-relative path) of the Lua function calling `require`: the nearest
 /// frame loaded from a file (`@name`), skipping C frames and mlua's async trampoline.
-fn caller_chunk(lua: &Lua) -> Option<String> {
+pub(crate) fn caller_chunk(lua: &Lua) -> Option<String> {
     for level in 1..16 {
         let source = lua.inspect_stack(level, |d| d.source().source.map(|s| s.into_owned()))?;
         if let Some(s) = source
@@ -280,20 +283,86 @@ fn caller_chunk(lua: &Lua) -> Option<String> {
     None
 }
 
+/// Where the shared helpers of `@lib/NAME` live, relative to the project root.
+pub const LIB_DIR: &str = ".stagecraft/lib";
+
+/// Resolve a module that lives in the project (relative, `@lib/NAME` or a recipe package) to its
+/// chunk name and source, with the same checks as `require`. `stagecraft/*` names are not
+/// handled here. Used where no run exists (reading team command descriptors).
+pub fn resolve_project_module(
+    root: &Path,
+    name: &str,
+    caller: Option<&str>,
+) -> Result<(String, String), OpError> {
+    if name.starts_with("stagecraft/") {
+        return Err(OpError::invalid(format!(
+            "require: '{name}' is not a project module"
+        )));
+    }
+    match resolve(root, &HashMap::new(), name, caller)? {
+        (_, Source::Luau { chunk, text }) => Ok((chunk, text)),
+        (_, Source::Rust(_)) => Err(OpError::invalid(format!(
+            "require: '{name}' is not a project module"
+        ))),
+    }
+}
+
+/// `@lib/NAME` (or `@lib/dir/NAME`): the project-relative path it names, without extension.
+fn lib_path(name: &str, rest: &str) -> Result<PathBuf, OpError> {
+    let Some((alias, sub)) = rest.split_once('/') else {
+        return Err(OpError::invalid(format!(
+            "require: '{name}' names no module: write @lib/NAME for {LIB_DIR}/NAME.luau"
+        )));
+    };
+    if alias != "lib" {
+        return Err(OpError::new(
+            kinds::NOT_FOUND,
+            format!("require: unknown alias '@{alias}' in '{name}'"),
+        )
+        .hint(format!(
+            "the only alias is @lib, for the project's {LIB_DIR}/"
+        )));
+    }
+    if !sub.split('/').all(valid_segment) {
+        return Err(OpError::new(
+            kinds::PERMISSION,
+            format!("permission denied: require: '{name}' is not a plain module name inside {LIB_DIR}/"),
+        )
+        .hint("write @lib/NAME or @lib/DIR/NAME (letters, digits, '-' and '_'; no '..', no extension)"));
+    }
+    Ok(Path::new(LIB_DIR).join(sub))
+}
+
 fn resolve(
-    ctx: &super::RunCtx,
+    root: &Path,
+    overlay: &HashMap<String, String>,
     name: &str,
     caller: Option<&str>,
 ) -> Result<(String, Source), OpError> {
     if name.is_empty() {
         return Err(OpError::invalid("require: empty module name"));
     }
+    if let Some(rest) = name.strip_prefix('@') {
+        let rel = lib_path(name, rest)?;
+        return find_file(root, overlay, name, &rel, Some(Path::new(LIB_DIR)))?.ok_or_else(|| {
+            OpError::new(
+                kinds::NOT_FOUND,
+                format!(
+                    "require: no module '{name}' (looked for {}.luau, .lua and /init.luau)",
+                    rel.display()
+                ),
+            )
+            .hint(format!(
+                "shared helpers live in the project's {LIB_DIR}/ folder"
+            ))
+        });
+    }
     if let Some(module) = name.strip_prefix("stagecraft/") {
         if let Some(m) = crate::api::find(module) {
             return Ok((name.to_string(), Source::Rust(m.register)));
         }
         let chunk = format!("stagecraft/{module}.luau");
-        if let Some(text) = ctx.overlay.get(&chunk).cloned().or_else(|| {
+        if let Some(text) = overlay.get(&chunk).cloned().or_else(|| {
             STDLIB
                 .get_file(&chunk)
                 .and_then(|f| f.contents_utf8())
@@ -342,14 +411,14 @@ fn resolve(
                 .join(sub),
         )
         .ok_or_else(|| OpError::invalid(format!("require: invalid module name '{name}'")))?;
-        return find_file(ctx, name, &rel)?.ok_or_else(|| {
+        return find_file(root, overlay, name, &rel, None)?.ok_or_else(|| {
             OpError::new(kinds::NOT_FOUND, format!("require: no module '{name}'")).hint(
                 "relative modules start with ./ or ../; stagecraft modules with stagecraft/; \
                  recipe packages are looked up in .stagecraft/recipes/NAME/",
             )
         });
     };
-    find_file(ctx, name, &rel)?.ok_or_else(|| {
+    find_file(root, overlay, name, &rel, None)?.ok_or_else(|| {
         OpError::new(
             kinds::NOT_FOUND,
             format!(
@@ -385,7 +454,8 @@ pub fn normalize(p: &Path) -> Option<PathBuf> {
 }
 
 /// Whether a project-relative path may hold a module: never `.env`/`.env.*` at the root (secrets,
-/// read only through `stagecraft/secrets`) and nothing in `.stagecraft/` but installed recipes.
+/// read only through `stagecraft/secrets`) and nothing in `.stagecraft/` but the shared helpers
+/// (`lib/`) and installed recipes.
 fn loadable(rel: &Path) -> bool {
     let parts: Vec<String> = rel
         .components()
@@ -393,15 +463,22 @@ fn loadable(rel: &Path) -> bool {
         .collect();
     match parts.as_slice() {
         [one] => one != ".env" && !one.starts_with(".env."),
-        [first, second, ..] if first == crate::project::STATE_DIR => second == "recipes",
+        [first, second, ..] if first == crate::project::STATE_DIR => {
+            second == "recipes" || second == "lib"
+        }
         _ => true,
     }
 }
 
+/// The module file for `rel` (tried with `.luau`, `.lua` and `/init.luau`): recorded sources
+/// first, then the file, which must resolve (symlinks followed) inside the project, and inside
+/// `within` when given.
 fn find_file(
-    ctx: &super::RunCtx,
+    root: &Path,
+    overlay: &HashMap<String, String>,
     name: &str,
     rel: &Path,
+    within: Option<&Path>,
 ) -> Result<Option<(String, Source)>, OpError> {
     let denied = |why: &str| {
         OpError::new(
@@ -425,9 +502,8 @@ fn find_file(
             format!("{base}/init.luau"),
         ]
     };
-    let root = &ctx.project.root;
     for cand in candidates {
-        if let Some(text) = ctx.overlay.get(&cand) {
+        if let Some(text) = overlay.get(&cand) {
             return Ok(Some((
                 cand.clone(),
                 Source::Luau {
@@ -450,6 +526,15 @@ fn find_file(
             return Err(denied(&format!(
                 "resolves to {} (secrets and the ledger are not loadable)",
                 inside.display()
+            )));
+        }
+        if let Some(dir) = within
+            && !inside.starts_with(dir)
+        {
+            return Err(denied(&format!(
+                "resolves to {}, outside {} (a symlink?)",
+                inside.display(),
+                dir.display()
             )));
         }
         if !canon.is_file() {

@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod commands;
 mod compose;
 mod docker;
 mod examples;
