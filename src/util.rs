@@ -62,26 +62,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_sort_by_time() {
-        let a = sortable_id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = sortable_id();
-        assert_eq!(a.len(), 26);
-        assert!(a < b);
-    }
-
-    #[test]
-    fn suggestion() {
-        assert_eq!(did_you_mean("imgae", &["image", "name"]), Some("image"));
-        assert_eq!(did_you_mean("zzz", &["image", "name"]), None);
-    }
-}
-
 /// Check an ssh `KexAlgorithms` value: algorithm names (letters, digits, `-`, `.`, `@`)
 /// separated by commas, with an optional leading `+`, `-` or `^` as ssh_config allows.
 pub fn check_kex(v: &str) -> Result<(), String> {
@@ -99,5 +79,25 @@ pub fn check_kex(v: &str) -> Result<(), String> {
             "kex must be a comma-separated list of key exchange algorithms, e.g. \
              \"curve25519-sha256\" (see `ssh -Q kex`), found {v:?}"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = sortable_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = sortable_id();
+        assert_eq!(a.len(), 26);
+        assert!(a < b);
+    }
+
+    #[test]
+    fn suggestion() {
+        assert_eq!(did_you_mean("imgae", &["image", "name"]), Some("image"));
+        assert_eq!(did_you_mean("zzz", &["image", "name"]), None);
     }
 }
