@@ -80,7 +80,7 @@ impl<T> UserDataMethods<T> for Members {
 
 /// Every `UserData` type scripts can get hold of: (Rust type, module, Luau type, members).
 fn handles() -> Vec<(&'static str, &'static str, &'static str, Members)> {
-    use stagecraft::api::{docker::Container, lock::Lock, ssh::Host};
+    use stagecraft::api::{command::Descriptor, docker::Container, lock::Lock, ssh::Host};
     use stagecraft::runtime::{ErrorObject, secrets::SecretHandle};
     vec![
         (
@@ -91,6 +91,12 @@ fn handles() -> Vec<(&'static str, &'static str, &'static str, Members)> {
         ),
         ("Host", "ssh", "Host", Members::of::<Host>()),
         ("Lock", "lock", "Lock", Members::of::<Lock>()),
+        (
+            "Descriptor",
+            "command",
+            "Descriptor",
+            Members::of::<Descriptor>(),
+        ),
         (
             "SecretHandle",
             "secrets",
