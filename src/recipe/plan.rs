@@ -422,10 +422,10 @@ fn docs_page(
     let readme = pkg.readme();
     if !readme.trim().is_empty() {
         s.push_str("\n## About this recipe\n\n");
-        // The README's own headings go one level down.
+        // The README's own headings go two levels down, below this section.
         for line in readme.trim_end().lines() {
             if line.starts_with('#') {
-                s.push('#');
+                s.push_str("##");
             }
             s.push_str(line);
             s.push('\n');

@@ -116,14 +116,20 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
     let compose = p.read("docker-compose.yml");
     assert!(
         compose.contains(
-            "  # --- stagecraft recipe: redis (managed) ---\n  redis:\n    image: \"redis:7.2\"\n"
+            "  # --- stagecraft recipe: redis (managed) ---\n  redis:\n    image: redis:7.2\n"
         ),
         "{compose}"
     );
     assert!(
-        compose.contains("appendonly")
-            || p.read("config/redis/redis.conf").contains("appendonly yes")
+        p.read("config/redis/redis.conf")
+            .contains("appendonly yes\n")
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path(".env"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a new .env is private");
     assert!(
         p.read("config/redis/redis.conf")
             .contains("maxmemory 256mb\n")
@@ -189,7 +195,7 @@ fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments(
         );
     }
     assert!(merged.contains(
-        "      LOG_LEVEL: info   # debug when chasing bugs\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres:\n    image: \"pgvector/pgvector:pg16\"\n"
+        "      LOG_LEVEL: info   # debug when chasing bugs\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres:\n    image: pgvector/pgvector:pg16\n"
     ), "{merged}");
     assert!(merged.contains(
         "  uploads: {}\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres_data: {}\n  # --- end stagecraft recipe: postgres ---\n"
@@ -292,14 +298,13 @@ fn dry_run_prints_the_diff_and_writes_nothing() {
 +REDIS_PASSWORD=
 --- a/docker-compose.yml
 +++ b/docker-compose.yml
-@@ -13,6 +13,29 @@
-   api:
+@@ -13,6 +13,26 @@
      image: shop/api:1.4
      environment:
        LOG_LEVEL: info   # debug when chasing bugs
 +  # --- stagecraft recipe: redis (managed) ---
 +  redis:
-+    image: "redis:7.2"
++    image: redis:7.2
 +    command:
 +      - sh
 +      - "-c"
@@ -310,12 +315,12 @@ fn dry_run_prints_the_diff_and_writes_nothing() {
 +    volumes:
 +      - "./config/redis/redis.conf:/usr/local/etc/redis/redis.conf:ro"
 +    healthcheck:
-+      interval: 10s
++      interval: "10s"
 +      retries: 5
 +      test:
 +        - CMD-SHELL
 +        - "redis-cli -a \"$$REDIS_PASSWORD\" --no-auth-warning ping | grep -q PONG"
-+      timeout: 3s
++      timeout: "3s"
 +  # --- end stagecraft recipe: redis ---
  
  # Data lives in named volumes.
@@ -422,8 +427,9 @@ fn recipe_yaml_errors_name_file_line_and_column() {
     .expect("write");
     p.run(&["recipe", "add", "pkgs/typo", "--yes"])
         .code(2)
-        .stderr_has("error: pkgs/typo/recipe.yaml:10:")
-        .stderr_has("inputs.times.default: expected a integer value");
+        .stderr_has(
+            "error: pkgs/typo/recipe.yaml:9:36: inputs.times.default: expected an integer value",
+        );
     assert!(!p.path("stagecraft.lock").exists());
 }
 
@@ -772,8 +778,8 @@ fn list_and_show() {
     p.run(&["recipe", "show", "hello"])
         .ok()
         .stdout_has("hello 1.2.0 (installed from ")
-        .stdout_has("  who    string                 required         who to greet\n")
-        .stdout_has("  style  enum (plain|loud)      default \"plain\"  how to greet\n");
+        .stdout_has("  who    string             required         who to greet\n")
+        .stdout_has("  style  enum (plain|loud)  default \"plain\"  how to greet\n");
     for sub in ["list", "show", "add", "remove", "apply"] {
         p.run(&["recipe", sub, "--help"])
             .ok()
