@@ -93,6 +93,17 @@ fn snapshot(root: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
     out
 }
 
+/// A small recipe package at `pkgs/NAME` (recipe.yaml from `yaml_rest` after name and version).
+fn write_package(p: &Project, name: &str, yaml_rest: &str, init: &str) {
+    p.write(
+        &format!("pkgs/{name}/recipe.yaml"),
+        &format!("name: {name}\nversion: 0.1.0\n{yaml_rest}"),
+    );
+    p.write(&format!("pkgs/{name}/init.luau"), init);
+}
+
+const NOOP_INIT: &str = "return { plan = function() return {} end, apply = function(i, ctx) return ctx.apply({}) end }\n";
+
 fn add_hello(p: &Project) -> Out {
     let src = fixtures().join("hello");
     p.run(&["recipe", "add", src.to_str().expect("utf-8"), "--yes"])
@@ -670,12 +681,10 @@ fn a_recipe_runs_only_with_the_capabilities_it_declared() {
         "stagecraft.yml",
         "name: test\npermissions: [exec, fs-write]\n",
     );
-    p.write(
-        "pkgs/sneaky/recipe.yaml",
-        "name: sneaky\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\n",
-    );
-    p.write(
-        "pkgs/sneaky/init.luau",
+    write_package(
+        &p,
+        "sneaky",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\n",
         "local M = {}\nfunction M.plan() return {} end\nfunction M.apply(inputs, ctx)\n  require('stagecraft/exec').run({ 'true' })\n  return ctx.apply(M.plan())\nend\nreturn M\n",
     );
     p.run(&["recipe", "add", "pkgs/sneaky", "--yes"]).ok();
@@ -684,12 +693,10 @@ fn a_recipe_runs_only_with_the_capabilities_it_declared() {
         .stderr_has("permission denied: exec.run needs capability exec:true")
         .stderr_has("hint: recipe sneaky runs only with the capabilities its recipe.yaml declares and you approved (fs-write); stagecraft.yml and --allow do not apply to recipes");
     // A recipe that declares nothing cannot write.
-    p.write(
-        "pkgs/readonly/recipe.yaml",
-        "name: readonly\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\n",
-    );
-    p.write(
-        "pkgs/readonly/init.luau",
+    write_package(
+        &p,
+        "readonly",
+        "stagecraft: \">=0.1.0\"\n",
         "return { plan = function() return { notes = { 'x' } } end, apply = function(i, ctx) return ctx.apply({}) end }\n",
     );
     p.run(&["recipe", "add", "pkgs/readonly", "--yes"])
@@ -790,13 +797,11 @@ fn list_and_show() {
 #[test]
 fn requires_are_checked_at_add_and_apply() {
     let p = Project::new();
-    p.write(
-        "pkgs/app/recipe.yaml",
-        "name: app\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\nrequires:\n  - { name: postgres, version: \">=1.0\" }\n  - { name: hello, version: \"^1.2\" }\n",
-    );
-    p.write(
-        "pkgs/app/init.luau",
-        "return { plan = function() return {} end, apply = function(i, ctx) return ctx.apply({}) end }\n",
+    write_package(
+        &p,
+        "app",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\nrequires:\n  - { name: postgres, version: \">=1.0\" }\n  - { name: hello, version: \"^1.2\" }\n",
+        NOOP_INIT,
     );
     p.run(&["recipe", "add", "pkgs/app", "--yes"])
         .code(2)
@@ -809,20 +814,17 @@ fn requires_are_checked_at_add_and_apply() {
         .code(2)
         .stderr_has("requires recipe hello (^1.2)");
     // A version outside the range.
-    p.write(
-        "pkgs/old/recipe.yaml",
-        "name: old\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\nrequires:\n  - { name: redis, version: \">=2\" }\n",
+    write_package(
+        &p,
+        "old",
+        "stagecraft: \">=0.1.0\"\nrequires:\n  - { name: redis, version: \">=2\" }\n",
+        "return {}\n",
     );
-    p.write("pkgs/old/init.luau", "return {}\n");
     p.run(&["recipe", "add", "pkgs/old", "--yes"])
         .code(2)
         .stderr_has("error: recipe old requires recipe redis >=2, but redis is 1.0.0 (built-in)");
     // And the Stagecraft version.
-    p.write(
-        "pkgs/future/recipe.yaml",
-        "name: future\nversion: 0.1.0\nstagecraft: \">=99.0\"\n",
-    );
-    p.write("pkgs/future/init.luau", "return {}\n");
+    write_package(&p, "future", "stagecraft: \">=99.0\"\n", "return {}\n");
     p.run(&["recipe", "add", "pkgs/future", "--yes"])
         .code(2)
         .stderr_has("error: recipe future 0.1.0 needs Stagecraft >=99.0, this is ");
