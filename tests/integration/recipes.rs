@@ -61,6 +61,12 @@ fn assert_docker_compose_config(p: &Project, file: &str) {
     );
 }
 
+/// Both Stagecraft's loader and docker-compose accept the file.
+fn assert_valid_compose(p: &Project, file: &str, services: &str) {
+    assert_loads(p, file, services);
+    assert_docker_compose_config(p, file);
+}
+
 /// Every file of the project except the ledger, with its bytes and modification time.
 fn snapshot(root: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, std::time::SystemTime)>) {
@@ -153,8 +159,7 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
         "{docs}"
     );
     assert!(docs.contains("## About this recipe"), "{docs}");
-    assert_loads(&p, "docker-compose.yml", "redis");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "redis");
 
     let before = snapshot(p.root());
     p.run(&["recipe", "apply", "redis"])
@@ -176,19 +181,19 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
     assert_docker_compose_config(&p, "docker-compose.yml");
 }
 
+const PGVECTOR_SHOP: [&str; 5] = [
+    "recipe",
+    "apply",
+    "postgres",
+    "pgvector=true",
+    "database=shop",
+];
+
 #[test]
 fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments() {
     let p = project_from("existing");
     let original = p.read("docker-compose.yml");
-    p.run(&[
-        "recipe",
-        "apply",
-        "postgres",
-        "pgvector=true",
-        "database=shop",
-    ])
-    .ok()
-    .stdout_is(
+    p.run(&PGVECTOR_SHOP).ok().stdout_is(
         "applied recipe postgres 1.0.0:\n\
              \x20 created  config/postgres/initdb/00-pgvector.sql\n\
              \x20 updated  .env\n\
@@ -224,23 +229,15 @@ fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments(
         p.read(".env"),
         "# the team secrets\nAPI_TOKEN=s3cr3t-do-not-print\n# POSTGRES_PASSWORD: password of the app user of postgres (secret for recipe postgres: fill in, never commit)\nPOSTGRES_PASSWORD=\n"
     );
-    assert_loads(&p, "docker-compose.yml", "api,postgres,web");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "api,postgres,web");
 
     // redis beside it, then both again: nothing changes.
     p.run(&["recipe", "apply", "redis", "port=0"]).ok();
-    assert_loads(&p, "docker-compose.yml", "api,postgres,redis,web");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "api,postgres,redis,web");
     let before = snapshot(p.root());
-    p.run(&[
-        "recipe",
-        "apply",
-        "postgres",
-        "pgvector=true",
-        "database=shop",
-    ])
-    .ok()
-    .stdout_is("recipe postgres 1.0.0 is applied already: nothing changed\n");
+    p.run(&PGVECTOR_SHOP)
+        .ok()
+        .stdout_is("recipe postgres 1.0.0 is applied already: nothing changed\n");
     p.run(&["recipe", "apply", "redis", "port=0"])
         .ok()
         .stdout_is("recipe redis 1.0.0 is applied already: nothing changed\n");
@@ -253,8 +250,7 @@ fn compose_yaml_is_used_when_the_project_has_it() {
     p.write("compose.yaml", "services:\n  app:\n    image: app:1\n");
     p.run(&["recipe", "apply", "redis"]).ok();
     assert!(!p.path("docker-compose.yml").exists());
-    assert_loads(&p, "compose.yaml", "app,redis");
-    assert_docker_compose_config(&p, "compose.yaml");
+    assert_valid_compose(&p, "compose.yaml", "app,redis");
 }
 
 #[test]
@@ -580,8 +576,7 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
         p.read("hello/GREETING.txt"),
         "HELLO, TEAM!\nHELLO, TEAM!\n-- test\n"
     );
-    assert_loads(&p, "docker-compose.yml", "hello");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "hello");
 }
 
 #[test]
@@ -912,6 +907,5 @@ fn the_recipes_example_installs_from_a_local_git_repository() {
         "{stdout}"
     );
     assert!(p.read("stagecraft.lock").contains("resolved: \""));
-    assert_loads(&p, "docker-compose.yml", "site");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "site");
 }
