@@ -909,3 +909,48 @@ fn the_recipes_example_installs_from_a_local_git_repository() {
     assert!(p.read("stagecraft.lock").contains("resolved: \""));
     assert_valid_compose(&p, "docker-compose.yml", "site");
 }
+
+/// `recipe add` on a terminal (a pty from util-linux `script`): the answer decides.
+#[test]
+fn add_asks_on_a_terminal_and_installs_only_on_yes() {
+    let p = Project::new();
+    let src = fixtures().join("hello");
+    let on_a_terminal = |answer: &str| {
+        let line = format!("{} recipe add '{}'", crate::harness::BIN, src.display());
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(p.root())
+            .env("HOME", p.home())
+            .env("STAGECRAFT_HOME", p.home())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("`script` (util-linux) is needed by this test: {e}"));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("answer");
+        let out = child.wait_with_output().expect("script runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = on_a_terminal("n\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains(
+            "  asks for capabilities: fs-write\r\napprove and install hello? [y/N] not installed"
+        ),
+        "{screen}"
+    );
+    assert!(!p.path(".stagecraft/recipes/hello").exists());
+    let (code, screen) = on_a_terminal("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("installed recipe hello 1.2.0"), "{screen}");
+    assert!(p.read("stagecraft.lock").contains("- name: \"hello\""));
+}
