@@ -518,6 +518,16 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
         "{}",
         out.stderr
     );
+    // A plain path with #REF is a git source too.
+    let path_ref = format!("{}#v1", repo.path().display());
+    let out = p
+        .run(&["recipe", "add", &path_ref, "--yes", "--name", "hello-path"])
+        .ok();
+    assert!(
+        out.stderr.contains(&format!("resolved to commit {tagged}")),
+        "{}",
+        out.stderr
+    );
     // A plain path repository works too (the default branch).
     let plain = format!("git+{}", repo.path().display());
     p.run(&["recipe", "add", &plain, "--yes", "--name", "hello-main"])
@@ -576,6 +586,12 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
         p.read("hello/GREETING.txt"),
         "HELLO, TEAM!\nHELLO, TEAM!\n-- test\n"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path("hello/GREETING.txt"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "a plan's mode applies to a new file");
     assert_valid_compose(&p, "docker-compose.yml", "hello");
 }
 
