@@ -730,6 +730,9 @@ fn a_tampered_installed_recipe_is_refused_until_re_added() {
         ".stagecraft/recipes/hello/init.luau",
         "return { plan = function() return {} end, apply = function() end }\n",
     );
+    p.run(&["recipe", "list"])
+        .ok()
+        .stdout_has(" [changed or missing since added: re-add it]\n");
     p.run(&["recipe", "apply", "hello", "who=x"])
         .code(3)
         .stderr_has("error: recipe hello: the files in .stagecraft/recipes/hello no longer match stagecraft.lock")
