@@ -973,3 +973,48 @@ fn add_asks_on_a_terminal_and_installs_only_on_yes() {
     assert!(screen.contains("installed recipe hello 1.2.0"), "{screen}");
     assert!(p.read("stagecraft.lock").contains("- name: \"hello\""));
 }
+
+#[test]
+fn a_plan_cannot_write_outside_the_project_or_into_its_secrets_and_state() {
+    let p = Project::new();
+    let init = "local M = {}\nfunction M.plan(i) return { files = { { path = i.path, content = 'x' } } } end\nfunction M.apply(i, ctx) return ctx.apply(M.plan(i)) end\nreturn M\n";
+    write_package(
+        &p,
+        "writer",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\ninputs:\n  path: { type: string }\n",
+        init,
+    );
+    p.run(&["recipe", "add", "pkgs/writer", "--yes"]).ok();
+    p.run(&["recipe", "apply", "writer", "path=../escape.txt"])
+        .code(1)
+        .stderr_has("recipe.apply: files: '../escape.txt' must be a path inside the project");
+    p.run(&["recipe", "apply", "writer", "path=.env"])
+        .code(1)
+        .stderr_has("'.env' is the secrets file; declare variables in `env` instead");
+    p.run(&[
+        "recipe",
+        "apply",
+        "writer",
+        "path=.stagecraft/recipes/writer/init.luau",
+    ])
+    .code(3)
+    .stderr_has("is inside .stagecraft/");
+    std::os::unix::fs::symlink("/tmp", p.path("out")).expect("symlink");
+    p.run(&["recipe", "apply", "writer", "path=out/x.txt"])
+        .code(3)
+        .stderr_has("is outside the project directory");
+    assert!(
+        !p.root()
+            .parent()
+            .expect("parent")
+            .join("escape.txt")
+            .exists()
+    );
+    assert!(!p.path("docs/recipes/writer.md").exists());
+    // A package folder with a link in it is refused at add.
+    write_package(&p, "linky", "stagecraft: \">=0.1.0\"\n", NOOP_INIT);
+    std::os::unix::fs::symlink("/etc/passwd", p.path("pkgs/linky/passwd")).expect("symlink");
+    p.run(&["recipe", "add", "pkgs/linky", "--yes"])
+        .code(2)
+        .stderr_has("recipe packages may not contain symbolic links");
+}
