@@ -509,25 +509,20 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
 
     let repo = tempfile::tempdir().expect("tempdir");
     let tagged = hello_repo(repo.path());
-    let url = format!("file://{}#v1", repo.path().display());
-    let out = p
-        .run(&["recipe", "add", &url, "--yes", "--name", "hello-git"])
-        .ok();
-    assert!(
-        out.stderr.contains(&format!("resolved to commit {tagged}")),
-        "{}",
-        out.stderr
-    );
-    // A plain path with #REF is a git source too.
-    let path_ref = format!("{}#v1", repo.path().display());
-    let out = p
-        .run(&["recipe", "add", &path_ref, "--yes", "--name", "hello-path"])
-        .ok();
-    assert!(
-        out.stderr.contains(&format!("resolved to commit {tagged}")),
-        "{}",
-        out.stderr
-    );
+    // file:// with a tag, and a plain path with #REF (a git source too).
+    for (source, name) in [
+        (format!("file://{}#v1", repo.path().display()), "hello-git"),
+        (format!("{}#v1", repo.path().display()), "hello-path"),
+    ] {
+        let out = p
+            .run(&["recipe", "add", &source, "--yes", "--name", name])
+            .ok();
+        assert!(
+            out.stderr.contains(&format!("resolved to commit {tagged}")),
+            "{}",
+            out.stderr
+        );
+    }
     // A plain path repository works too (the default branch).
     let plain = format!("git+{}", repo.path().display());
     p.run(&["recipe", "add", &plain, "--yes", "--name", "hello-main"])
