@@ -10,6 +10,7 @@ pub mod git;
 pub mod inventory;
 pub mod ledger;
 pub mod project;
+pub mod recipe;
 pub mod runtime;
 pub mod types;
 pub mod util;

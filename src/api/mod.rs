@@ -138,6 +138,12 @@ pub static MODULES: &[Module] = &[
         about: "declare a team command (.stagecraft/commands/NAME.luau): command{...}",
     },
     Module {
+        name: "recipe",
+        register: crate::recipe::lua::register,
+        stability: Stability::Experimental,
+        about: "render templates, diff and apply recipe plans (used by `stagecraft recipe apply`)",
+    },
+    Module {
         name: "ledger",
         register: ledger::register,
         stability: Stability::Stable,

@@ -3,6 +3,7 @@
 mod commands;
 mod ledger_cmd;
 mod lock_cmd;
+mod recipe_cmd;
 mod replay_cmd;
 mod run_cmd;
 mod types_cmd;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Write Luau type definitions and a .luaurc for editors (luau-lsp), or the API docs.
     #[command(after_help = types_cmd::TYPES_HELP)]
     Types(types_cmd::TypesArgs),
+    /// Recipe packages: list, show, add, remove and apply them.
+    #[command(subcommand)]
+    Recipe(recipe_cmd::RecipeCommand),
     /// List the modules scripts can require, with their stability.
     Modules {
         /// Machine-readable output.
@@ -225,6 +229,7 @@ where
         Command::Lock(c) => lock_cmd::run(c),
         Command::Ledger(c) => ledger_cmd::run(c),
         Command::Types(a) => types_cmd::run(a),
+        Command::Recipe(c) => recipe_cmd::run(c),
         Command::Modules { json } => modules(json),
     })
 }
