@@ -9,6 +9,7 @@ pub mod git;
 pub mod inventory;
 pub mod ledger;
 pub mod project;
+pub mod recipe;
 pub mod runtime;
 pub mod util;
 

@@ -131,6 +131,12 @@ pub static MODULES: &[Module] = &[
         about: "deploy locks on hosts: acquire, release, status (capability ssh[:HOST])",
     },
     Module {
+        name: "recipe",
+        register: crate::recipe::lua::register,
+        stability: Stability::Experimental,
+        about: "render templates, diff and apply recipe plans (used by `stagecraft recipe apply`)",
+    },
+    Module {
         name: "ledger",
         register: ledger::register,
         stability: Stability::Stable,

@@ -2,6 +2,7 @@
 
 mod ledger_cmd;
 mod lock_cmd;
+mod recipe_cmd;
 mod replay_cmd;
 mod run_cmd;
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// Deploy locks on hosts: who holds one, and breaking a stale one.
     #[command(subcommand)]
     Lock(lock_cmd::LockCommand),
+    /// Recipe packages: list, show, add, remove and apply them.
+    #[command(subcommand)]
+    Recipe(recipe_cmd::RecipeCommand),
     /// List the modules scripts can require, with their stability.
     Modules {
         /// Machine-readable output.
@@ -158,6 +162,7 @@ where
         Command::Replay(a) => replay_cmd::run(a),
         Command::Lock(c) => lock_cmd::run(c),
         Command::Ledger(c) => ledger_cmd::run(c),
+        Command::Recipe(c) => recipe_cmd::run(c),
         Command::Modules { json } => modules(json),
     };
     match result {

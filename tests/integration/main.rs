@@ -14,6 +14,7 @@ mod inventory;
 mod ledger;
 mod lock;
 mod modules;
+mod recipes;
 mod replay;
 mod secrets;
 mod specs;
