@@ -207,7 +207,19 @@ fn merge_section(
     };
     match ours {
         Some((b, e)) => {
+            let removed = new_block.is_empty();
             lines.splice(b..=e, new_block);
+            // A section left without entries would read as null: make it an empty mapping.
+            let end = (key_line + 1..lines.len())
+                .find(|&i| top_key(&lines[i]).is_some())
+                .unwrap_or(lines.len());
+            if removed && !lines[key_line + 1..end].iter().any(|l| is_content(l)) {
+                let comment = lines[key_line]
+                    .split_once(" #")
+                    .map(|(_, c)| format!("  #{c}"))
+                    .unwrap_or_default();
+                lines[key_line] = format!("{section}: {{}}{comment}");
+            }
         }
         None if !new_block.is_empty() => {
             // After the section's last indented line (a comment at column 1 belongs to what
@@ -399,6 +411,23 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn removing_the_last_entry_leaves_an_empty_mapping() {
+        let v = obj(json!({ "data": {} }));
+        let with = merge(
+            "c.yml",
+            Some("services:\n  a:\n    image: a\n"),
+            "r",
+            &[("volumes", &v)],
+        )
+        .expect("merges");
+        let empty = Map::new();
+        let without = merge("c.yml", Some(&with), "r", &[("volumes", &empty)]).expect("merges");
+        assert_eq!(without, "services:\n  a:\n    image: a\n\nvolumes: {}\n");
+        let again = merge("c.yml", Some(&without), "r", &[("volumes", &v)]).expect("merges");
+        assert_eq!(again, with);
     }
 
     #[test]

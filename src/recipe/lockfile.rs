@@ -10,7 +10,7 @@ use crate::project::Project;
 
 pub const LOCK_FILE: &str = "stagecraft.lock";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockFile {
     #[serde(default = "one")]
@@ -21,6 +21,15 @@ pub struct LockFile {
 
 fn one() -> u32 {
     1
+}
+
+impl Default for LockFile {
+    fn default() -> Self {
+        LockFile {
+            version: 1,
+            recipes: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

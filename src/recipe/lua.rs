@@ -101,48 +101,49 @@ fn summary(outcome: &plan::Outcome) -> serde_json::Value {
 /// `recipe.diff(recipe, inputs, plan) -> { files, changed, placeholders, secrets, diff }`:
 /// what applying the plan would change, as a unified diff. Writes nothing.
 async fn diff(lua: Lua, (name, inputs, plan): (String, Value, Value)) -> mlua::Result<Value> {
-    let ctx = ctx(&lua)?;
-    let a = args("recipe.diff", name, inputs, plan)?;
-    let parsed: Plan = crate::api::from_json("recipe.diff: plan", a.plan_json.clone())?;
-    let v = ctx
-        .record(
-            "recipe.diff",
-            json!({ "recipe": a.name, "inputs": a.inputs, "plan": a.plan_json }),
-            || async {
-                let pkg = package(&ctx, "recipe.diff", &a.name)?;
-                let outcome = plan::compute(&ctx, &pkg, &a.inputs, &parsed)?;
-                let mut s = summary(&outcome);
-                let text: String = outcome.changes.iter().map(|c| c.diff()).collect();
-                s["diff"] = serde_json::Value::String(text);
-                Ok(s)
-            },
-        )
-        .await
-        .map_err(OpError::into_lua)?;
-    to_lua(&lua, &v)
+    planned(lua, "recipe.diff", false, name, inputs, plan).await
 }
 
 /// `recipe.apply(recipe, inputs, plan) -> { files, changed, placeholders, secrets }`: write what
 /// the plan changes (only files whose content differs, each atomically). Needs `fs-write`.
 async fn apply(lua: Lua, (name, inputs, plan): (String, Value, Value)) -> mlua::Result<Value> {
+    planned(lua, "recipe.apply", true, name, inputs, plan).await
+}
+
+/// Both compute the plan's changes the same way; `apply` then writes them, `diff` shows them.
+async fn planned(
+    lua: Lua,
+    op: &'static str,
+    write: bool,
+    name: String,
+    inputs: Value,
+    plan: Value,
+) -> mlua::Result<Value> {
     let ctx = ctx(&lua)?;
-    let a = args("recipe.apply", name, inputs, plan)?;
-    let parsed: Plan = crate::api::from_json("recipe.apply: plan", a.plan_json.clone())?;
+    let a = args(op, name, inputs, plan)?;
+    let parsed: Plan = crate::api::from_json(&format!("{op}: plan"), a.plan_json.clone())?;
     let v = ctx
         .record(
-            "recipe.apply",
+            op,
             json!({ "recipe": a.name, "inputs": a.inputs, "plan": a.plan_json }),
             || async {
-                ctx.require("recipe.apply", &Request::Plain("fs-write"), "fs-write")?;
-                let pkg = package(&ctx, "recipe.apply", &a.name)?;
+                if write {
+                    ctx.require(op, &Request::Plain("fs-write"), "fs-write")?;
+                }
+                let pkg = package(&ctx, op, &a.name)?;
                 // Everything is computed and validated before the first write.
                 let outcome = plan::compute(&ctx, &pkg, &a.inputs, &parsed)?;
-                for c in outcome.changes.iter().filter(|c| c.action() != "unchanged") {
-                    super::write_atomic(&c.full, c.new.as_bytes(), c.mode).map_err(|e| {
-                        OpError::io(format!("recipe.apply: {}: {}", c.path, e.message))
-                    })?;
+                let mut s = summary(&outcome);
+                if !write {
+                    let text: String = outcome.changes.iter().map(|c| c.diff()).collect();
+                    s["diff"] = serde_json::Value::String(text);
+                    return Ok(s);
                 }
-                Ok(summary(&outcome))
+                for c in outcome.changes.iter().filter(|c| c.action() != "unchanged") {
+                    super::write_atomic(&c.full, c.new.as_bytes(), c.mode)
+                        .map_err(|e| OpError::io(format!("{op}: {}: {}", c.path, e.message)))?;
+                }
+                Ok(s)
             },
         )
         .await

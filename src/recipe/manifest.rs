@@ -141,8 +141,17 @@ impl InputSpec {
             (InputType::Enum | InputType::Secret, Scalar::Str(s)) => {
                 self.parse_value(s).map(|_| ())
             }
-            _ => Err(format!("expected a {} value", self.kind.as_str())),
+            _ => Err(format!("expected {} value", article(self.kind.as_str()))),
         }
+    }
+}
+
+/// `an integer`, `a string`.
+fn article(word: &str) -> String {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
     }
 }
 

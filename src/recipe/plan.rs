@@ -37,6 +37,9 @@ pub struct FileSpec {
     /// Literal content (instead of a template).
     #[serde(default)]
     pub content: Option<String>,
+    /// Permission bits of a new file (`493` is octal 755); an existing file keeps its own.
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +206,12 @@ pub fn compute(
                 )));
             }
         };
+        if f.mode.is_some_and(|m| m > 0o777) {
+            return Err(invalid(format!(
+                "{func}: files: '{}': mode must be permission bits (at most 511, octal 777)",
+                f.path
+            )));
+        }
         let full = confine(ctx, func, &rel_s, Access::Write)?;
         let old = read_existing(&full, &rel_s)?;
         changes.push(Change {
@@ -210,7 +219,7 @@ pub fn compute(
             full,
             old,
             new,
-            mode: None,
+            mode: f.mode,
         });
     }
 
@@ -422,10 +431,10 @@ fn docs_page(
     let readme = pkg.readme();
     if !readme.trim().is_empty() {
         s.push_str("\n## About this recipe\n\n");
-        // The README's own headings go one level down.
+        // The README's own headings go two levels down, below this section.
         for line in readme.trim_end().lines() {
             if line.starts_with('#') {
-                s.push('#');
+                s.push_str("##");
             }
             s.push_str(line);
             s.push('\n');

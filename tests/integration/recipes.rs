@@ -61,6 +61,12 @@ fn assert_docker_compose_config(p: &Project, file: &str) {
     );
 }
 
+/// Both Stagecraft's loader and docker-compose accept the file.
+fn assert_valid_compose(p: &Project, file: &str, services: &str) {
+    assert_loads(p, file, services);
+    assert_docker_compose_config(p, file);
+}
+
 /// Every file of the project except the ledger, with its bytes and modification time.
 fn snapshot(root: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, std::time::SystemTime)>) {
@@ -93,6 +99,17 @@ fn snapshot(root: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
     out
 }
 
+/// A small recipe package at `pkgs/NAME` (recipe.yaml from `yaml_rest` after name and version).
+fn write_package(p: &Project, name: &str, yaml_rest: &str, init: &str) {
+    p.write(
+        &format!("pkgs/{name}/recipe.yaml"),
+        &format!("name: {name}\nversion: 0.1.0\n{yaml_rest}"),
+    );
+    p.write(&format!("pkgs/{name}/init.luau"), init);
+}
+
+const NOOP_INIT: &str = "return { plan = function() return {} end, apply = function(i, ctx) return ctx.apply({}) end }\n";
+
 fn add_hello(p: &Project) -> Out {
     let src = fixtures().join("hello");
     p.run(&["recipe", "add", src.to_str().expect("utf-8"), "--yes"])
@@ -116,14 +133,20 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
     let compose = p.read("docker-compose.yml");
     assert!(
         compose.contains(
-            "  # --- stagecraft recipe: redis (managed) ---\n  redis:\n    image: \"redis:7.2\"\n"
+            "  # --- stagecraft recipe: redis (managed) ---\n  redis:\n    image: redis:7.2\n"
         ),
         "{compose}"
     );
     assert!(
-        compose.contains("appendonly")
-            || p.read("config/redis/redis.conf").contains("appendonly yes")
+        p.read("config/redis/redis.conf")
+            .contains("appendonly yes\n")
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path(".env"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a new .env is private");
     assert!(
         p.read("config/redis/redis.conf")
             .contains("maxmemory 256mb\n")
@@ -136,8 +159,7 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
         "{docs}"
     );
     assert!(docs.contains("## About this recipe"), "{docs}");
-    assert_loads(&p, "docker-compose.yml", "redis");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "redis");
 
     let before = snapshot(p.root());
     p.run(&["recipe", "apply", "redis"])
@@ -159,19 +181,19 @@ fn redis_applies_to_an_empty_project_and_applying_again_changes_nothing() {
     assert_docker_compose_config(&p, "docker-compose.yml");
 }
 
+const PGVECTOR_SHOP: [&str; 5] = [
+    "recipe",
+    "apply",
+    "postgres",
+    "pgvector=true",
+    "database=shop",
+];
+
 #[test]
 fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments() {
     let p = project_from("existing");
     let original = p.read("docker-compose.yml");
-    p.run(&[
-        "recipe",
-        "apply",
-        "postgres",
-        "pgvector=true",
-        "database=shop",
-    ])
-    .ok()
-    .stdout_is(
+    p.run(&PGVECTOR_SHOP).ok().stdout_is(
         "applied recipe postgres 1.0.0:\n\
              \x20 created  config/postgres/initdb/00-pgvector.sql\n\
              \x20 updated  .env\n\
@@ -189,7 +211,7 @@ fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments(
         );
     }
     assert!(merged.contains(
-        "      LOG_LEVEL: info   # debug when chasing bugs\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres:\n    image: \"pgvector/pgvector:pg16\"\n"
+        "      LOG_LEVEL: info   # debug when chasing bugs\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres:\n    image: pgvector/pgvector:pg16\n"
     ), "{merged}");
     assert!(merged.contains(
         "  uploads: {}\n  # --- stagecraft recipe: postgres (managed) ---\n  postgres_data: {}\n  # --- end stagecraft recipe: postgres ---\n"
@@ -207,23 +229,15 @@ fn postgres_with_pgvector_merges_into_a_users_compose_file_keeping_its_comments(
         p.read(".env"),
         "# the team secrets\nAPI_TOKEN=s3cr3t-do-not-print\n# POSTGRES_PASSWORD: password of the app user of postgres (secret for recipe postgres: fill in, never commit)\nPOSTGRES_PASSWORD=\n"
     );
-    assert_loads(&p, "docker-compose.yml", "api,postgres,web");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "api,postgres,web");
 
     // redis beside it, then both again: nothing changes.
     p.run(&["recipe", "apply", "redis", "port=0"]).ok();
-    assert_loads(&p, "docker-compose.yml", "api,postgres,redis,web");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "api,postgres,redis,web");
     let before = snapshot(p.root());
-    p.run(&[
-        "recipe",
-        "apply",
-        "postgres",
-        "pgvector=true",
-        "database=shop",
-    ])
-    .ok()
-    .stdout_is("recipe postgres 1.0.0 is applied already: nothing changed\n");
+    p.run(&PGVECTOR_SHOP)
+        .ok()
+        .stdout_is("recipe postgres 1.0.0 is applied already: nothing changed\n");
     p.run(&["recipe", "apply", "redis", "port=0"])
         .ok()
         .stdout_is("recipe redis 1.0.0 is applied already: nothing changed\n");
@@ -236,8 +250,7 @@ fn compose_yaml_is_used_when_the_project_has_it() {
     p.write("compose.yaml", "services:\n  app:\n    image: app:1\n");
     p.run(&["recipe", "apply", "redis"]).ok();
     assert!(!p.path("docker-compose.yml").exists());
-    assert_loads(&p, "compose.yaml", "app,redis");
-    assert_docker_compose_config(&p, "compose.yaml");
+    assert_valid_compose(&p, "compose.yaml", "app,redis");
 }
 
 #[test]
@@ -292,14 +305,13 @@ fn dry_run_prints_the_diff_and_writes_nothing() {
 +REDIS_PASSWORD=
 --- a/docker-compose.yml
 +++ b/docker-compose.yml
-@@ -13,6 +13,29 @@
-   api:
+@@ -13,6 +13,26 @@
      image: shop/api:1.4
      environment:
        LOG_LEVEL: info   # debug when chasing bugs
 +  # --- stagecraft recipe: redis (managed) ---
 +  redis:
-+    image: "redis:7.2"
++    image: redis:7.2
 +    command:
 +      - sh
 +      - "-c"
@@ -310,12 +322,12 @@ fn dry_run_prints_the_diff_and_writes_nothing() {
 +    volumes:
 +      - "./config/redis/redis.conf:/usr/local/etc/redis/redis.conf:ro"
 +    healthcheck:
-+      interval: 10s
++      interval: "10s"
 +      retries: 5
 +      test:
 +        - CMD-SHELL
 +        - "redis-cli -a \"$$REDIS_PASSWORD\" --no-auth-warning ping | grep -q PONG"
-+      timeout: 3s
++      timeout: "3s"
 +  # --- end stagecraft recipe: redis ---
  
  # Data lives in named volumes.
@@ -422,8 +434,9 @@ fn recipe_yaml_errors_name_file_line_and_column() {
     .expect("write");
     p.run(&["recipe", "add", "pkgs/typo", "--yes"])
         .code(2)
-        .stderr_has("error: pkgs/typo/recipe.yaml:10:")
-        .stderr_has("inputs.times.default: expected a integer value");
+        .stderr_has(
+            "error: pkgs/typo/recipe.yaml:9:36: inputs.times.default: expected an integer value",
+        );
     assert!(!p.path("stagecraft.lock").exists());
 }
 
@@ -505,6 +518,16 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
         "{}",
         out.stderr
     );
+    // A plain path with #REF is a git source too.
+    let path_ref = format!("{}#v1", repo.path().display());
+    let out = p
+        .run(&["recipe", "add", &path_ref, "--yes", "--name", "hello-path"])
+        .ok();
+    assert!(
+        out.stderr.contains(&format!("resolved to commit {tagged}")),
+        "{}",
+        out.stderr
+    );
     // A plain path repository works too (the default branch).
     let plain = format!("git+{}", repo.path().display());
     p.run(&["recipe", "add", &plain, "--yes", "--name", "hello-main"])
@@ -563,8 +586,13 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
         p.read("hello/GREETING.txt"),
         "HELLO, TEAM!\nHELLO, TEAM!\n-- test\n"
     );
-    assert_loads(&p, "docker-compose.yml", "hello");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path("hello/GREETING.txt"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "a plan's mode applies to a new file");
+    assert_valid_compose(&p, "docker-compose.yml", "hello");
 }
 
 #[test]
@@ -664,12 +692,10 @@ fn a_recipe_runs_only_with_the_capabilities_it_declared() {
         "stagecraft.yml",
         "name: test\npermissions: [exec, fs-write]\n",
     );
-    p.write(
-        "pkgs/sneaky/recipe.yaml",
-        "name: sneaky\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\n",
-    );
-    p.write(
-        "pkgs/sneaky/init.luau",
+    write_package(
+        &p,
+        "sneaky",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\n",
         "local M = {}\nfunction M.plan() return {} end\nfunction M.apply(inputs, ctx)\n  require('stagecraft/exec').run({ 'true' })\n  return ctx.apply(M.plan())\nend\nreturn M\n",
     );
     p.run(&["recipe", "add", "pkgs/sneaky", "--yes"]).ok();
@@ -678,12 +704,10 @@ fn a_recipe_runs_only_with_the_capabilities_it_declared() {
         .stderr_has("permission denied: exec.run needs capability exec:true")
         .stderr_has("hint: recipe sneaky runs only with the capabilities its recipe.yaml declares and you approved (fs-write); stagecraft.yml and --allow do not apply to recipes");
     // A recipe that declares nothing cannot write.
-    p.write(
-        "pkgs/readonly/recipe.yaml",
-        "name: readonly\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\n",
-    );
-    p.write(
-        "pkgs/readonly/init.luau",
+    write_package(
+        &p,
+        "readonly",
+        "stagecraft: \">=0.1.0\"\n",
         "return { plan = function() return { notes = { 'x' } } end, apply = function(i, ctx) return ctx.apply({}) end }\n",
     );
     p.run(&["recipe", "add", "pkgs/readonly", "--yes"])
@@ -772,8 +796,8 @@ fn list_and_show() {
     p.run(&["recipe", "show", "hello"])
         .ok()
         .stdout_has("hello 1.2.0 (installed from ")
-        .stdout_has("  who    string                 required         who to greet\n")
-        .stdout_has("  style  enum (plain|loud)      default \"plain\"  how to greet\n");
+        .stdout_has("  who    string             required         who to greet\n")
+        .stdout_has("  style  enum (plain|loud)  default \"plain\"  how to greet\n");
     for sub in ["list", "show", "add", "remove", "apply"] {
         p.run(&["recipe", sub, "--help"])
             .ok()
@@ -784,13 +808,11 @@ fn list_and_show() {
 #[test]
 fn requires_are_checked_at_add_and_apply() {
     let p = Project::new();
-    p.write(
-        "pkgs/app/recipe.yaml",
-        "name: app\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\nrequires:\n  - { name: postgres, version: \">=1.0\" }\n  - { name: hello, version: \"^1.2\" }\n",
-    );
-    p.write(
-        "pkgs/app/init.luau",
-        "return { plan = function() return {} end, apply = function(i, ctx) return ctx.apply({}) end }\n",
+    write_package(
+        &p,
+        "app",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\nrequires:\n  - { name: postgres, version: \">=1.0\" }\n  - { name: hello, version: \"^1.2\" }\n",
+        NOOP_INIT,
     );
     p.run(&["recipe", "add", "pkgs/app", "--yes"])
         .code(2)
@@ -803,20 +825,17 @@ fn requires_are_checked_at_add_and_apply() {
         .code(2)
         .stderr_has("requires recipe hello (^1.2)");
     // A version outside the range.
-    p.write(
-        "pkgs/old/recipe.yaml",
-        "name: old\nversion: 0.1.0\nstagecraft: \">=0.1.0\"\nrequires:\n  - { name: redis, version: \">=2\" }\n",
+    write_package(
+        &p,
+        "old",
+        "stagecraft: \">=0.1.0\"\nrequires:\n  - { name: redis, version: \">=2\" }\n",
+        "return {}\n",
     );
-    p.write("pkgs/old/init.luau", "return {}\n");
     p.run(&["recipe", "add", "pkgs/old", "--yes"])
         .code(2)
         .stderr_has("error: recipe old requires recipe redis >=2, but redis is 1.0.0 (built-in)");
     // And the Stagecraft version.
-    p.write(
-        "pkgs/future/recipe.yaml",
-        "name: future\nversion: 0.1.0\nstagecraft: \">=99.0\"\n",
-    );
-    p.write("pkgs/future/init.luau", "return {}\n");
+    write_package(&p, "future", "stagecraft: \">=99.0\"\n", "return {}\n");
     p.run(&["recipe", "add", "pkgs/future", "--yes"])
         .code(2)
         .stderr_has("error: recipe future 0.1.0 needs Stagecraft >=99.0, this is ");
@@ -904,6 +923,50 @@ fn the_recipes_example_installs_from_a_local_git_repository() {
         "{stdout}"
     );
     assert!(p.read("stagecraft.lock").contains("resolved: \""));
-    assert_loads(&p, "docker-compose.yml", "site");
-    assert_docker_compose_config(&p, "docker-compose.yml");
+    assert_valid_compose(&p, "docker-compose.yml", "site");
+}
+
+/// `recipe add` on a terminal (a pty from util-linux `script`): the answer decides.
+#[test]
+fn add_asks_on_a_terminal_and_installs_only_on_yes() {
+    let p = Project::new();
+    let src = fixtures().join("hello");
+    let on_a_terminal = |answer: &str| {
+        let line = format!("{} recipe add '{}'", crate::harness::BIN, src.display());
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(p.root())
+            .env("HOME", p.home())
+            .env("STAGECRAFT_HOME", p.home())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("`script` (util-linux) is needed by this test: {e}"));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("answer");
+        let out = child.wait_with_output().expect("script runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = on_a_terminal("n\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains(
+            "  asks for capabilities: fs-write\r\napprove and install hello? [y/N] not installed"
+        ),
+        "{screen}"
+    );
+    assert!(!p.path(".stagecraft/recipes/hello").exists());
+    let (code, screen) = on_a_terminal("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("installed recipe hello 1.2.0"), "{screen}");
+    assert!(p.read("stagecraft.lock").contains("- name: \"hello\""));
 }
