@@ -776,6 +776,10 @@ fn worker_cron_applies_to_an_empty_project() {
         )]
     );
     let script = p.read("config/worker-cron/scheduler.sh");
+    let mode = std::fs::metadata(p.path("config/worker-cron/scheduler.sh"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("scheduler.sh");
+    assert_eq!(mode, 0o755, "the scheduler can be run by hand");
     assert!(
         script.contains("\nJOB='python manage.py clearsessions && echo '\\''done'\\'''\n"),
         "{script}"
