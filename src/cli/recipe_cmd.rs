@@ -92,24 +92,26 @@ pub fn run(cmd: RecipeCommand) -> Result<i32, Error> {
 }
 
 fn list(project: &Project) -> Result<i32, Error> {
-    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut rows: Vec<[String; 3]> = Vec::new();
     for p in package::builtins()? {
         rows.push([
             p.name.clone(),
             p.manifest.version.to_string(),
             "built-in".into(),
-            p.manifest.description.clone(),
         ]);
     }
     for e in LockFile::load(project)?.recipes {
-        let source = match &e.resolved {
+        let mut source = match &e.resolved {
             Some(c) => format!("{} ({})", e.source, &c[..c.len().min(12)]),
             None => e.source.clone(),
         };
-        let description = recipe::resolve(project, &e.name)
-            .map(|p| p.manifest.description)
-            .unwrap_or_else(|err| format!("(broken: {})", err.message));
-        rows.push([e.name.clone(), e.version.clone(), source, description]);
+        // Say so when it cannot be applied as it is.
+        let state =
+            recipe::resolve(project, &e.name).and_then(|p| recipe::verify_installed(project, &p));
+        if state.is_err() {
+            source.push_str(" [changed or missing since added: re-add it]");
+        }
+        rows.push([e.name.clone(), e.version.clone(), source]);
     }
     let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(4);
     let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(7);

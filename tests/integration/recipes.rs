@@ -509,25 +509,20 @@ fn add_from_a_folder_a_tarball_and_a_git_tag_pins_them_in_the_lock() {
 
     let repo = tempfile::tempdir().expect("tempdir");
     let tagged = hello_repo(repo.path());
-    let url = format!("file://{}#v1", repo.path().display());
-    let out = p
-        .run(&["recipe", "add", &url, "--yes", "--name", "hello-git"])
-        .ok();
-    assert!(
-        out.stderr.contains(&format!("resolved to commit {tagged}")),
-        "{}",
-        out.stderr
-    );
-    // A plain path with #REF is a git source too.
-    let path_ref = format!("{}#v1", repo.path().display());
-    let out = p
-        .run(&["recipe", "add", &path_ref, "--yes", "--name", "hello-path"])
-        .ok();
-    assert!(
-        out.stderr.contains(&format!("resolved to commit {tagged}")),
-        "{}",
-        out.stderr
-    );
+    // file:// with a tag, and a plain path with #REF (a git source too).
+    for (source, name) in [
+        (format!("file://{}#v1", repo.path().display()), "hello-git"),
+        (format!("{}#v1", repo.path().display()), "hello-path"),
+    ] {
+        let out = p
+            .run(&["recipe", "add", &source, "--yes", "--name", name])
+            .ok();
+        assert!(
+            out.stderr.contains(&format!("resolved to commit {tagged}")),
+            "{}",
+            out.stderr
+        );
+    }
     // A plain path repository works too (the default branch).
     let plain = format!("git+{}", repo.path().display());
     p.run(&["recipe", "add", &plain, "--yes", "--name", "hello-main"])
@@ -730,6 +725,9 @@ fn a_tampered_installed_recipe_is_refused_until_re_added() {
         ".stagecraft/recipes/hello/init.luau",
         "return { plan = function() return {} end, apply = function() end }\n",
     );
+    p.run(&["recipe", "list"])
+        .ok()
+        .stdout_has(" [changed or missing since added: re-add it]\n");
     p.run(&["recipe", "apply", "hello", "who=x"])
         .code(3)
         .stderr_has("error: recipe hello: the files in .stagecraft/recipes/hello no longer match stagecraft.lock")
@@ -969,4 +967,49 @@ fn add_asks_on_a_terminal_and_installs_only_on_yes() {
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("installed recipe hello 1.2.0"), "{screen}");
     assert!(p.read("stagecraft.lock").contains("- name: \"hello\""));
+}
+
+#[test]
+fn a_plan_cannot_write_outside_the_project_or_into_its_secrets_and_state() {
+    let p = Project::new();
+    let init = "local M = {}\nfunction M.plan(i) return { files = { { path = i.path, content = 'x' } } } end\nfunction M.apply(i, ctx) return ctx.apply(M.plan(i)) end\nreturn M\n";
+    write_package(
+        &p,
+        "writer",
+        "stagecraft: \">=0.1.0\"\ncapabilities: [fs-write]\ninputs:\n  path: { type: string }\n",
+        init,
+    );
+    p.run(&["recipe", "add", "pkgs/writer", "--yes"]).ok();
+    p.run(&["recipe", "apply", "writer", "path=../escape.txt"])
+        .code(1)
+        .stderr_has("recipe.apply: files: '../escape.txt' must be a path inside the project");
+    p.run(&["recipe", "apply", "writer", "path=.env"])
+        .code(1)
+        .stderr_has("'.env' is the secrets file; declare variables in `env` instead");
+    p.run(&[
+        "recipe",
+        "apply",
+        "writer",
+        "path=.stagecraft/recipes/writer/init.luau",
+    ])
+    .code(3)
+    .stderr_has("is inside .stagecraft/");
+    std::os::unix::fs::symlink("/tmp", p.path("out")).expect("symlink");
+    p.run(&["recipe", "apply", "writer", "path=out/x.txt"])
+        .code(3)
+        .stderr_has("is outside the project directory");
+    assert!(
+        !p.root()
+            .parent()
+            .expect("parent")
+            .join("escape.txt")
+            .exists()
+    );
+    assert!(!p.path("docs/recipes/writer.md").exists());
+    // A package folder with a link in it is refused at add.
+    write_package(&p, "linky", "stagecraft: \">=0.1.0\"\n", NOOP_INIT);
+    std::os::unix::fs::symlink("/etc/passwd", p.path("pkgs/linky/passwd")).expect("symlink");
+    p.run(&["recipe", "add", "pkgs/linky", "--yes"])
+        .code(2)
+        .stderr_has("recipe packages may not contain symbolic links");
 }
