@@ -171,13 +171,15 @@ fn applied(recipe: &str, changes: &[&str]) -> String {
     s
 }
 
-/// Applying again with the same inputs says so and touches no file.
+/// Applying again with the same inputs says so and touches no file; that run replays from the
+/// ledger without divergence (the recipe's plan is deterministic).
 fn assert_reapply_changes_nothing(p: &Project, recipe: &str, inputs: &[&str]) {
     let before = files(p);
     apply(p, recipe, inputs).ok().stdout_is(&format!(
         "recipe {recipe} 1.0.0 is applied already: nothing changed\n"
     ));
     assert_eq!(files(p), before, "re-applying {recipe} changed files");
+    p.run(&["replay", "last"]).ok().stderr_has("no divergence");
 }
 
 /// Every line of `original` is still in `merged`, in order.
