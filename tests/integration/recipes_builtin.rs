@@ -294,6 +294,9 @@ fn caddy_https_merges_beside_the_users_upstream_and_leaves_it_alone() {
         "      - db_data:/var/lib/postgresql/data\n  # --- stagecraft recipe: caddy-https (managed) ---\n  ingress:\n    image: caddy:2.8\n"
     ), "{merged}");
     assert!(!p.read("config/ingress/Caddyfile").contains("health_uri"));
+    assert!(p.read("docs/recipes/caddy-https.md").contains(
+        "- http_port=8080: Let's Encrypt's HTTP challenge always connects to port 80, so forward port 80 of the public address to 8080\n"
+    ));
     assert_compose_valid(&p, "db,ingress,web");
     let config = compose_config(&p);
     assert_eq!(
