@@ -16,6 +16,7 @@ mod ledger;
 mod lock;
 mod modules;
 mod recipes;
+mod recipes_builtin;
 mod replay;
 mod secrets;
 mod specs;
