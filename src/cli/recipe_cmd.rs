@@ -394,6 +394,10 @@ fn apply(mut project: Project, a: ApplyArgs) -> Result<i32, Error> {
         .collect();
     let outcome = engine::run_live(project, &settings, script)?;
     if let Some(mut e) = outcome.error {
+        // An input the recipe's own checks refused: a usage error, said without a traceback.
+        if e.kind == Kind::Usage {
+            e.detail = None;
+        }
         if e.kind == Kind::Permission {
             e = e.with_hint(format!(
                 "recipe {} runs only with the capabilities its recipe.yaml declares{} ({}); stagecraft.yml and --allow do not apply to recipes",

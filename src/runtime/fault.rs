@@ -8,6 +8,9 @@ use crate::error::Kind;
 
 pub mod kinds {
     pub const PERMISSION: &str = "permission_denied";
+    /// A user's input refused by a script's own checks (a recipe input, a command argument):
+    /// a usage error, exit code 2.
+    pub const INVALID_INPUT: &str = "invalid_input";
     pub const LIMIT: &str = "limit_exceeded";
     pub const DIVERGENCE: &str = "replay_divergence";
     pub const INVALID: &str = "invalid_argument";
@@ -66,6 +69,7 @@ impl OpError {
             kinds::DIVERGENCE => Kind::Divergence,
             kinds::INTERRUPTED => Kind::Interrupted,
             kinds::LEDGER => Kind::Ledger,
+            kinds::INVALID_INPUT => Kind::Usage,
             _ => Kind::Script,
         }
     }

@@ -769,7 +769,7 @@ fn list_and_show() {
     let p = Project::new();
     add_hello(&p).ok();
     p.run(&["recipe", "list"]).ok().stdout_is(&format!(
-        "NAME      VERSION  SOURCE\npostgres  1.0.0    built-in\nredis     1.0.0    built-in\nhello     1.2.0    {}\n",
+        "NAME           VERSION  SOURCE\ncaddy-https    1.0.0    built-in\nobservability  1.0.0    built-in\npostgres       1.0.0    built-in\nredis          1.0.0    built-in\nworker-cron    1.0.0    built-in\nhello          1.2.0    {}\n",
         fixtures().join("hello").display()
     ));
     p.run(&["recipe", "show", "redis"]).ok().stdout_is(&format!(

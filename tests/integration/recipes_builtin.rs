@@ -980,14 +980,11 @@ fn worker_cron_merges_into_a_users_project_with_an_env_file() {
 }
 
 /// The exit code when a recipe's own checks refuse an input (a cron expression, a domain
-/// name). The recipes raise `errors.new("invalid_input", ...)`; the recipe framework does not
-/// map a script's error to the usage code 2 yet, so it exits 1 (with a traceback). Issue 5 asks
-/// for 2, as for the inputs the framework checks itself (types, enums, required):
-/// `recipe_checked_inputs_exit_2` is pending until then.
-const RECIPE_CHECK_EXIT: i32 = 1;
+/// name): the recipes raise `errors.new("invalid_input", ...)`, a usage error like the inputs
+/// the framework checks itself (types, enums, required).
+const RECIPE_CHECK_EXIT: i32 = 2;
 
 #[test]
-#[ignore = "pending: the recipe framework maps a recipe's invalid_input error to exit code 1, not 2"]
 fn recipe_checked_inputs_exit_2() {
     let p = Project::new();
     apply(
@@ -998,7 +995,8 @@ fn recipe_checked_inputs_exit_2() {
     .code(2)
     .stderr_has(
         "recipe worker-cron: input 'schedule': \"61 * * * *\": minute 61 is out of range (0-59)",
-    );
+    )
+    .stderr_lacks("stack traceback");
 }
 
 #[test]
