@@ -27,8 +27,8 @@ pub const TYPES_HELP: &str = "\
 Writes one Luau type file per module (.stagecraft/types/<module>.luau) and merges into the
 project's .luaurc: languageMode \"strict\" and the aliases `stagecraft` (the type files) and `lib`
 (.stagecraft/lib). Keys you already set are kept and named. Editors with luau-lsp then resolve
-`@stagecraft/<module>`; scripts get the types with
-  local exec = require(\"stagecraft/exec\") :: typeof(require(\"@stagecraft/exec\"))
+`@stagecraft/<module>`, which the runtime loads as `stagecraft/<module>`:
+  local exec = require(\"@stagecraft/exec\")
 (see docs/editor.md). Running it again changes nothing. Examples:
   stagecraft types                     write or refresh the type files and .luaurc
   stagecraft types --check             exit 1 if they are missing or out of date (for CI)

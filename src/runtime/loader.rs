@@ -342,6 +342,12 @@ fn resolve(
     if name.is_empty() {
         return Err(OpError::invalid("require: empty module name"));
     }
+    // `@stagecraft/NAME` is how editors reach the definitions `stagecraft types` writes (the
+    // `.luaurc` alias `stagecraft`): the same module as `stagecraft/NAME`, loaded once.
+    let name = name
+        .strip_prefix('@')
+        .filter(|rest| rest.starts_with("stagecraft/"))
+        .unwrap_or(name);
     if let Some(rest) = name.strip_prefix('@') {
         let rel = lib_path(name, rest)?;
         return find_file(root, overlay, name, &rel, Some(Path::new(LIB_DIR)))?.ok_or_else(|| {

@@ -486,6 +486,17 @@ fn the_editor_cast_form_runs_and_types_has_help() {
         .ok()
         .stdout_has("--check")
         .stdout_has("--docs <DIR>")
-        .stdout_has("typeof(require(\"@stagecraft/exec\"))");
+        .stdout_has("require(\"@stagecraft/exec\")");
+    // The editor's spelling is the same module at run time, loaded once.
+    Project::new()
+        .script(
+            "local a = require(\"@stagecraft/json\")\n\
+             print(a == require(\"stagecraft/json\"), a.encode({1}))\n\
+             print(pcall(require, \"@stagecraft/nope\"))\n",
+            &[],
+        )
+        .ok()
+        .stdout_has("true\t[1]\n")
+        .stdout_has("false\t");
     Project::new().run(&["--help"]).ok().stdout_has("types ");
 }
