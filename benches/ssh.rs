@@ -629,10 +629,10 @@ fn bench(smoke: bool) -> Result<(), Fail> {
     let head_a = format!("(a) 1 cmd x {n} hosts");
     let head_b = format!("(b) {SEQ} cmds x {n} hosts");
     let (wa, wb) = (head_a.len(), head_b.len());
-    println!("| {:<22} | {head_a} | ratio | {head_b} | ratio |", "tool");
+    println!("| {:<25} | {head_a} | ratio | {head_b} | ratio |", "tool");
     println!(
         "|{}|{}:|------:|{}:|------:|",
-        "-".repeat(24),
+        "-".repeat(27),
         "-".repeat(wa + 1),
         "-".repeat(wb + 1)
     );
@@ -647,7 +647,7 @@ fn bench(smoke: bool) -> Result<(), Fail> {
             continue;
         }
         println!(
-            "| {:<22} | {:>wa$} | {:>5} | {:>wb$} | {:>5} |",
+            "| {:<25} | {:>wa$} | {:>5} | {:>wb$} | {:>5} |",
             t.name(),
             ms(med[0][ti]),
             format!("{:.2}x", ratio(0, ti)),
