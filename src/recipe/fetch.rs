@@ -46,6 +46,29 @@ fn classify(source: &str, cwd: &Path) -> Result<Kind, Error> {
         Some((b, r)) if !r.is_empty() && !b.is_empty() => (b, Some(r.to_string())),
         _ => (source, None),
     };
+    // A ref is handed to `git rev-parse`: it may not look like an option.
+    if let Some(r) = &reference
+        && (r.starts_with('-') || r.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(
+            Error::usage(format!("recipe add: '#{r}' is not a tag, branch or commit"))
+                .with_hint("write SOURCE#TAG, SOURCE#BRANCH or SOURCE#COMMIT"),
+        );
+    }
+    // git's remote helpers (`ext::COMMAND`, `fd::N`, ...) run programs or use descriptors: a
+    // recipe source is a URL, a path or an archive, never one of those.
+    let scheme_end = base.find("::");
+    if scheme_end.is_some_and(|i| {
+        i > 0
+            && base[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    }) {
+        return Err(Error::usage(format!(
+            "recipe add: '{base}' uses a git transport helper, which recipe sources may not"
+        ))
+        .with_hint("give a file://, https:// or ssh URL, a path, or a .tar.gz"));
+    }
     if let Some(url) = base.strip_prefix("git+") {
         let url = if url.contains("://") || url.contains('@') {
             url.to_string()

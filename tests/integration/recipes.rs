@@ -1013,3 +1013,23 @@ fn a_plan_cannot_write_outside_the_project_or_into_its_secrets_and_state() {
         .code(2)
         .stderr_has("recipe packages may not contain symbolic links");
 }
+
+#[test]
+fn sources_that_would_run_programs_through_git_are_refused() {
+    let p = Project::new();
+    for src in ["ext::sh -c touch% pwned", "git+ext::sh -c touch% pwned"] {
+        p.run(&["recipe", "add", src, "--yes"])
+            .code(2)
+            .stderr_has("uses a git transport helper");
+    }
+    p.run(&[
+        "recipe",
+        "add",
+        "file:///tmp/repo.git#--upload-pack=touch",
+        "--yes",
+    ])
+    .code(2)
+    .stderr_has("is not a tag, branch or commit");
+    assert!(!p.path("pwned").exists());
+    assert!(!p.path("stagecraft.lock").exists(), "nothing was installed");
+}
