@@ -82,6 +82,34 @@ pub fn check_kex(v: &str) -> Result<(), String> {
     }
 }
 
+/// Read a child's pipe to the end, keeping at most `keep` bytes (and whether more came) and
+/// handing every chunk to `on_chunk` as it arrives (for streaming). A read error ends the read.
+pub async fn read_capped(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    keep: usize,
+    mut on_chunk: impl FnMut(&[u8]),
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), false);
+    };
+    let mut all = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = keep.saturating_sub(all.len());
+                all.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+                on_chunk(&buf[..n]);
+            }
+        }
+    }
+    (all, cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mlua::{Lua, Table, Value};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::{from_json, opts};
 use crate::runtime::caps::{Request, resolve_on_path};
@@ -236,30 +236,17 @@ async fn capture(
     forward: Option<bool>,
     keep: usize,
 ) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else {
-        return (Vec::new(), false);
-    };
-    let mut cut = false;
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
     let mut scrub = forward.map(|_| ctx.secrets.scrubber.stream());
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = keep.saturating_sub(all.len());
-                all.extend_from_slice(&buf[..n.min(room)]);
-                cut |= n > room;
-                if let (Some(s), Some(to_err)) = (scrub.as_mut(), forward) {
-                    write_raw(&s.push(&buf[..n]), to_err);
-                }
-            }
+    let read = crate::util::read_capped(pipe, keep, |chunk| {
+        if let (Some(s), Some(to_err)) = (scrub.as_mut(), forward) {
+            write_raw(&s.push(chunk), to_err);
         }
-    }
+    })
+    .await;
     if let (Some(s), Some(to_err)) = (scrub.as_mut(), forward) {
         write_raw(&s.finish(), to_err);
     }
-    (all, cut)
+    read
 }
 
 fn write_raw(bytes: &[u8], to_err: bool) {

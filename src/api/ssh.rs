@@ -15,7 +15,7 @@ use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Va
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::{from_json, opts};
 use crate::runtime::caps::Request;
@@ -328,7 +328,8 @@ pub struct Pool {
     sessions: tokio::sync::Mutex<HashMap<String, Arc<openssh::Session>>>,
     /// One lock per host, so concurrent first calls make one master.
     connecting: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Folders holding forwarded sockets, removed when the run ends.
+    /// Temp folders (forwarded sockets, the ssh config of jump hosts and `kex`), removed when
+    /// the run ends.
     forwards: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
@@ -721,36 +722,24 @@ async fn read_all(
     prefix: Option<&String>,
     keep: usize,
 ) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else {
-        return (Vec::new(), false);
-    };
-    let mut all = Vec::new();
-    let mut cut = false;
+    // Streamed output goes out a line at a time, prefixed with the host name.
     let mut pending = String::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = keep.saturating_sub(all.len());
-                all.extend_from_slice(&buf[..n.min(room)]);
-                cut |= n > room;
-                if let Some(p) = prefix {
-                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    while let Some(i) = pending.find('\n') {
-                        let line: String = pending.drain(..=i).collect();
-                        ctx.emit(&format!("{p}{line}"), true);
-                    }
-                }
+    let read = crate::util::read_capped(pipe, keep, |chunk| {
+        if let Some(p) = prefix {
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(i) = pending.find('\n') {
+                let line: String = pending.drain(..=i).collect();
+                ctx.emit(&format!("{p}{line}"), true);
             }
         }
-    }
+    })
+    .await;
     if let Some(p) = prefix
         && !pending.is_empty()
     {
         ctx.emit(&format!("{p}{pending}\n"), true);
     }
-    (all, cut)
+    read
 }
 
 const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
